@@ -1,0 +1,225 @@
+"""Evaluation: ``fcnseg eval`` and :func:`evaluate`.
+
+Every score comes from ONE confusion matrix accumulated over the whole split (not
+averaged per batch): pixel accuracy, mean class accuracy, per-class IoU, mIoU and
+frequency-weighted IoU (Long et al., Sec. 5). Images are evaluated at full size, batched
+with ``pad_collate`` (padding is labelled 255 and so ignored). Under ``torchrun`` each
+rank evaluates a disjoint slice of the split (:class:`~fcnseg.engine.distributed.ShardSampler`)
+and the matrix is all-reduced once, so the result equals a single-process run.
+
+Optionally also the boundary F1 score (BF, Csurka et al. 2013), slower.
+
+Usage::
+
+    fcnseg eval --checkpoint runs/x/best.pt --data data/VOC2012 --split val [--bf] [--json] [--out DIR]
+
+``--out DIR`` writes ``eval.json`` and ``confusion_matrix.png`` (row-normalised) there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fcnseg.engine import distributed as D
+from fcnseg.engine.runtime import AMP_MODES, autocast, resolve_amp, resolve_device
+from fcnseg.errors import ConfigError, DataError
+
+
+def make_eval_loader(ds: Dataset, *, batch_size: int, workers: int, device: torch.device,
+                     persistent: bool = False) -> DataLoader:
+    """Sharded (under DDP), ordered, unpadded loader of full-size images with ``pad_collate``."""
+    from fcnseg.data.transforms import pad_collate
+
+    return DataLoader(ds, batch_size=batch_size, sampler=D.ShardSampler(len(ds)), num_workers=workers,
+                      collate_fn=pad_collate, pin_memory=device.type == "cuda",
+                      persistent_workers=persistent and workers > 0,
+                      # Own generator: creating the iterator must not draw from the global RNG
+                      # (that would shift dropout streams and break exact resume).
+                      generator=torch.Generator())
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str, *,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False, bf: bool = False,
+             progress: bool = False) -> dict:
+    """Evaluate ``model`` on every image of ``loader``; return the scores as a dict.
+
+    Keys: ``pixel_acc``, ``mean_acc``, ``miou``, ``fwiou`` (floats in [0, 1]), ``iou`` and
+    ``acc`` (per-class lists; NaN where undefined, see :meth:`ConfusionMatrix.compute`),
+    ``confusion_matrix`` (rows = ground truth, columns = prediction, pixel counts),
+    ``num_images``, ``seconds``, and ``bf`` / ``bf_per_class`` when ``bf=True``. Under DDP the matrix (and BF
+    accumulator) are all-reduced once; every rank gets the same result.
+    """
+    from fcnseg.metrics import BoundaryF1, ConfusionMatrix
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=255)
+    bf_acc = BoundaryF1(num_classes) if bf else None
+    n_images = 0
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and D.is_main_process()) or None,
+                     dynamic_ncols=True):
+        x = x.to(device, non_blocking=True)  # (B, 3, H, W)
+        y = y.to(device, non_blocking=True)  # (B, H, W), 255 = ignore (incl. pad_collate padding)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x)  # (B, C, H, W)
+        pred = logits.argmax(1)  # (B, H, W)
+        cm.update(pred, y)
+        if bf_acc is not None:
+            bf_acc.update(pred.cpu(), y.cpu())
+        n_images += x.shape[0]
+    # The one all-reduce of the evaluation (no-op without DDP).
+    cm.reduce_()
+    counts = torch.tensor([n_images], dtype=torch.int64, device=device)
+    D.all_reduce_(counts)
+    result = dict(cm.compute())
+    result["confusion_matrix"] = result.pop("matrix")
+    result["num_images"] = int(counts.item())
+    if bf_acc is not None:
+        bf_acc.reduce_()
+        result.update(bf_acc.compute())  # bf, bf_per_class
+    result["seconds"] = time.perf_counter() - t0
+    model.train(was_training)
+    return _plain(result)
+
+
+def _plain(x):
+    # Tensors / NumPy scalars -> JSON-friendly Python values.
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    return x
+
+
+def scores_table(result: dict, class_names: Sequence[str]) -> str:
+    """Per-class IoU / accuracy table followed by the summary scores."""
+    from fcnseg.metrics import format_table
+
+    return format_table(result, class_names)
+
+
+def to_json(result: dict) -> str:
+    """JSON with NaN written as null (strict JSON)."""
+    def fix(v):
+        if isinstance(v, float) and v != v:
+            return None
+        if isinstance(v, dict):
+            return {k: fix(u) for k, u in v.items()}
+        if isinstance(v, list):
+            return [fix(u) for u in v]
+        return v
+
+    return json.dumps(fix(result), indent=1)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint (best.pt / last.pt)")
+    p.add_argument("--data", required=True, help="dataset root (VOC layout or images/ + masks/)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
+    p.add_argument("--bf", action="store_true", help="also compute the boundary F1 (BF) score (slower)")
+    p.add_argument("--out", default=None, help="write eval.json and confusion_matrix.png into this directory")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to be a non-empty directory")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per batch (full-size images, padded to the batch's largest; default 1)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=AMP_MODES,
+                   help="mixed precision: auto (bf16/fp16 on GPU, bf16 on CPUs with AMX), off, bf16, fp16")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
+
+
+def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False, out: str | None = None,
+             overwrite: bool = False, batch_size: int = 1, workers: int = 2, device: str = "auto",
+             amp: str = "auto", channels_last: bool = False, progress: bool = True) -> dict:
+    """Load ``checkpoint`` safely, evaluate it on ``data``/``split``; write files to ``out``.
+
+    Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint`` and ``split``.
+    """
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.data.datasets import open_dataset
+    from fcnseg.data.transforms import eval_transforms
+
+    if batch_size < 1 or workers < 0:
+        raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
+    if not Path(data).is_dir():
+        raise DataError(f"--data {data}: no such directory; point it at a dataset root "
+                        f"(VOC layout or images/ + masks/)")
+    dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = D.init_distributed(dev.type)
+    out_dir = None
+    if out is not None:
+        err = None
+        if info.is_main:
+            try:
+                from fcnseg.fileio import prepare_output_dir
+
+                out_dir = prepare_output_dir(out, overwrite=overwrite, what="--out")
+            except ConfigError as e:
+                err = str(e)
+        err = D.broadcast_object(err)  # every rank stops on rank 0's error (no hang)
+        if err:
+            raise ConfigError(err)
+    ds = open_dataset(data, split, transforms=eval_transforms())
+    ckpt = load_checkpoint(checkpoint)  # weights_only: a malicious pickle is refused here
+    model = model_from_checkpoint(ckpt, num_classes=ds.num_classes)
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_eval_loader(ds, batch_size=batch_size, workers=workers, device=dev)
+    result = evaluate(model, loader, ds.num_classes, dev, amp_dtype=resolve_amp(amp, dev),
+                      channels_last=channels_last, bf=bf, progress=progress)
+    result.update(class_names=list(ds.class_names), checkpoint=str(checkpoint), split=split)
+    if out_dir is not None and info.is_main:
+        from fcnseg.fileio import atomic_write_text
+        from fcnseg.report import plot_confusion_matrix
+
+        atomic_write_text(out_dir / "eval.json", to_json(result) + "\n")
+        plot_confusion_matrix(result["confusion_matrix"], ds.class_names, out_dir / "confusion_matrix.png",
+                              title=f"{Path(checkpoint).name} on {split}")
+    return result
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    try:
+        result = run_eval(args.checkpoint, args.data, args.split, bf=args.bf, out=args.out,
+                          overwrite=args.overwrite, batch_size=args.batch_size, workers=args.workers,
+                          device=args.device, amp=args.amp, channels_last=args.channels_last,
+                          progress=not args.json)
+        if D.is_main_process():
+            if args.json:
+                print(to_json(result))
+            else:
+                print(f"{args.checkpoint} on {args.data} [{args.split}], {result['num_images']} images, "
+                      f"{result['seconds']:.1f}s")
+                print(scores_table(result, result["class_names"]))
+                if args.out:
+                    print(f"wrote {Path(args.out) / 'eval.json'} and {Path(args.out) / 'confusion_matrix.png'}")
+        sys.stdout.flush()
+        return 0
+    finally:
+        D.cleanup()

@@ -1,0 +1,287 @@
+"""``fcnseg export``: checkpoint -> ONNX with dynamic batch/height/width, verified.
+
+The exported graph takes ``image`` float32 (B, 3, H, W), ImageNet-normalised, and
+returns ``logits`` float32 (B, C, H, W); B, H and W are dynamic. Class names, palette
+and the model config go into ``metadata_props`` (keys in :mod:`fcnseg.onnx_runtime`),
+so ``fcnseg predict --runtime onnx`` can write palette PNGs and overlays from the
+.onnx file alone.
+
+After export the model is ALWAYS run with onnxruntime against PyTorch on several
+input sizes (odd ones included, batch 1 and 2): the max abs logit difference must be
+<= ``rtol * max(1, max |logits|)`` and argmax agreement >= ``min_agreement``. The file
+is written atomically and only after the check passes, so a failed export leaves
+nothing behind (nor damages an existing file).
+
+Exporters: ``dynamo`` (``torch.onnx.export(dynamo=True)``, needs onnxscript) and
+``torchscript`` (the legacy tracer, ``dynamo=False``). ``auto`` tries dynamo first when
+onnxscript is installed and falls back to torchscript if export or the check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.onnx_runtime import (INPUT_NAME, META_CLASS_NAMES, META_FORMAT, META_MODEL,
+                                 META_NORMALIZATION, META_PALETTE, META_VERSION, ONNX_FORMAT,
+                                 OUTPUT_NAME)
+
+# (B, H, W) checked after export: odd, non-multiple-of-32 sizes and a batch of 2.
+CHECK_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (1, 37, 83), (2, 101, 59))
+DEFAULT_RTOL = 1e-3          # max |onnx - torch| <= rtol * max(1, max |logits|)
+DEFAULT_MIN_AGREEMENT = 0.999  # argmax agreement
+
+
+class ExportCheckError(FcnsegError):
+    """The exported model disagrees with PyTorch beyond the tolerances."""
+
+
+@dataclass
+class CheckResult:
+    shape: tuple[int, int, int, int]
+    max_abs_diff: float
+    logit_scale: float
+    agreement: float
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    exporter: str
+    opset: int
+    checks: list[CheckResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(c.max_abs_diff for c in self.checks)
+
+    @property
+    def min_agreement(self) -> float:
+        return min(c.agreement for c in self.checks)
+
+    def summary(self) -> str:
+        rows = [f"  {c.shape[0]}x3x{c.shape[2]}x{c.shape[3]}: max |diff| {c.max_abs_diff:.2e} "
+                f"(logit scale {c.logit_scale:.1f}), argmax agreement {100 * c.agreement:.3f}%"
+                for c in self.checks]
+        return "\n".join([f"exported {self.path} ({self.exporter} exporter, opset {self.opset}); "
+                          f"onnxruntime vs PyTorch:", *rows])
+
+
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="fcnseg checkpoint (.pt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
+                   help="torch.onnx exporter (default: dynamo if onnxscript is installed, "
+                        "falling back to torchscript)")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                   help=f"check: max |onnx - torch| <= RTOL * max(1, max |logits|) (default {DEFAULT_RTOL})")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help=f"check: minimum argmax agreement (default {DEFAULT_MIN_AGREEMENT})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out {out}: use a .onnx file name")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    report = export_onnx(args.checkpoint, out, opset=args.opset, exporter=args.exporter,
+                         rtol=args.rtol, min_agreement=args.min_agreement)
+    for note in report.notes:
+        print(f"fcnseg export: note: {note}")
+    print(report.summary())
+    return 0
+
+
+def export_onnx(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, *, opset: int = 17,
+                exporter: str = "auto", rtol: float = DEFAULT_RTOL,
+                min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportReport:
+    """Export an fcnseg checkpoint to ``out`` (atomically) and verify it; returns the report.
+
+    Raises :class:`ExportCheckError` (and writes nothing) if onnxruntime disagrees with
+    PyTorch beyond the tolerances, CheckpointError/ConfigError for bad inputs.
+    """
+    from fcnseg.api import load_model
+
+    if isinstance(checkpoint, dict):
+        raise ConfigError("export_onnx takes a checkpoint path")
+    model = load_model(checkpoint, device="cpu")
+    meta = {
+        META_FORMAT: ONNX_FORMAT,
+        META_VERSION: _version(),
+        META_CLASS_NAMES: json.dumps(list(model.class_names)),
+        META_PALETTE: json.dumps([list(c) for c in model.palette]),
+        META_MODEL: json.dumps(getattr(model, "fcn_config", {})),
+        META_NORMALIZATION: json.dumps({"scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+                                        "std": [0.229, 0.224, 0.225]}),
+    }
+    return export_model(model, out, metadata=meta, opset=opset, exporter=exporter, rtol=rtol,
+                        min_agreement=min_agreement, check_shapes=check_shapes)
+
+
+def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: dict[str, str],
+                 opset: int = 17, exporter: str = "auto", rtol: float = DEFAULT_RTOL,
+                 min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                 check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportReport:
+    """Export ``model`` (eval mode, CPU), check it, and write it with ``metadata`` atomically."""
+    from fcnseg.fileio import atomic_write
+
+    out = Path(out)
+    model = model.eval().cpu()
+    if exporter == "auto":
+        order = ["dynamo", "torchscript"] if _has_onnxscript() else ["torchscript"]
+    elif exporter == "dynamo" and not _has_onnxscript():
+        raise ConfigError("--exporter dynamo needs onnxscript: pip install onnxscript "
+                          "(or pip install 'fcnseg[onnx]'), or use --exporter torchscript")
+    else:
+        order = [exporter]
+    notes: list[str] = []
+    for i, name in enumerate(order):
+        last = i == len(order) - 1
+        try:
+            proto_bytes, used_opset = _export_bytes(model, name, opset, metadata)
+            checks = verify(model, proto_bytes, check_shapes)
+            _judge(checks, rtol, min_agreement, name)
+        except (ExportCheckError, _ExportFailed) as e:
+            if last:
+                raise ExportCheckError(f"{out}: {e}; nothing was written") from None
+            notes.append(f"{name} exporter failed ({e}); trying {order[i + 1]}")
+            continue
+        with atomic_write(out, "wb") as f:
+            f.write(proto_bytes)
+        return ExportReport(out, name, used_opset, checks, notes)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class _ExportFailed(Exception):
+    """torch.onnx.export itself failed (message kept for the report)."""
+
+
+def _export_bytes(model: torch.nn.Module, exporter: str, opset: int,
+                  metadata: dict[str, str]) -> tuple[bytes, int]:
+    """Serialised ONNX model with dynamic B/H/W and ``metadata`` in metadata_props."""
+    import onnx
+
+    n = getattr(model, "num_classes", None)
+    # An example input of a size that is not a multiple of the stride, so that the
+    # tracer cannot bake in a convenient size (shapes are dynamic anyway).
+    example = torch.randn(1, 3, 67, 93)
+    dyn_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    with tempfile.TemporaryDirectory(prefix="fcnseg-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            with warnings.catch_warnings(), _quiet():
+                warnings.simplefilter("ignore")  # deprecation chatter from torch.onnx
+                if exporter == "dynamo":
+                    torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                      dynamic_axes=dyn_axes, external_data=False)
+                else:
+                    torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                      dynamic_axes=dyn_axes, do_constant_folding=True)
+        except Exception as e:  # the exporters raise many unrelated types; we report and fall back
+            raise _ExportFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ''}") from None
+        proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    used_opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise _ExportFailed(f"onnx checker: {str(e).splitlines()[0][:300]}") from None
+    if n is not None:
+        out_shape = proto.graph.output[0].type.tensor_type.shape.dim
+        if len(out_shape) == 4 and out_shape[1].HasField("dim_value") and out_shape[1].dim_value != n:
+            raise _ExportFailed(f"exported graph has {out_shape[1].dim_value} output channels, expected {n}")
+    return proto.SerializeToString(), used_opset
+
+
+def verify(model: torch.nn.Module, proto_bytes: bytes,
+           shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES, seed: int = 0) -> list[CheckResult]:
+    """Run PyTorch and onnxruntime on random inputs of each (B, H, W); compare logits."""
+    from fcnseg.onnx_runtime import _import_ort
+
+    ort = _import_ort()
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors are raised to us; keep onnxruntime's log quiet
+        session = ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's error classes are not importable portably
+        raise ExportCheckError(f"onnxruntime cannot load the exported model ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:300]})") from None
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    for b, h, w in shapes:
+        x = torch.randn(b, 3, h, w, generator=gen)
+        with torch.inference_mode():
+            ref = model(x).float().numpy()  # (B, C, H, W)
+        try:
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        except Exception as e:  # a shape the graph cannot take: dynamic axes did not work
+            raise ExportCheckError(f"onnxruntime failed on input {b}x3x{h}x{w} ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:300]})") from None
+        if got.shape != ref.shape:
+            raise ExportCheckError(f"input {b}x3x{h}x{w}: ONNX output {got.shape} != PyTorch {ref.shape}")
+        diff = float(np.abs(got - ref).max())
+        agree = float((got.argmax(1) == ref.argmax(1)).mean())
+        results.append(CheckResult((b, 3, h, w), diff, float(np.abs(ref).max()), agree))
+    return results
+
+
+def _judge(checks: list[CheckResult], rtol: float, min_agreement: float, exporter: str) -> None:
+    for c in checks:
+        tol = rtol * max(1.0, c.logit_scale)
+        if not np.isfinite(c.max_abs_diff) or c.max_abs_diff > tol or c.agreement < min_agreement:
+            raise ExportCheckError(
+                f"{exporter} export disagrees with PyTorch on input {'x'.join(map(str, c.shape))}: "
+                f"max |diff| {c.max_abs_diff:.3g} (allowed {tol:.3g}), argmax agreement "
+                f"{100 * c.agreement:.3f}% (need {100 * min_agreement:.2f}%)")
+
+
+def _has_onnxscript() -> bool:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress prints (stdout) and log warnings (opset upgrades,
+    missing torchvision ops) for the duration of one export; failures still raise."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _version() -> str:
+    from fcnseg import __version__
+
+    return __version__
+
+
+__all__ = ["export_onnx", "export_model", "verify", "ExportReport", "CheckResult", "ExportCheckError"]

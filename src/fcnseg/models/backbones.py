@@ -1,0 +1,305 @@
+"""Backbones: image classifiers made fully convolutional.
+
+Every backbone returns a dict of named feature maps at strides 8, 16 and 32
+(``feature_names``), and knows the modules on the path from the input to each one
+(``coord_paths``), from which the FCN head derives its crop offsets.
+
+Parameter names match torchvision's models (``features.0.weight``, ``layer1.0.conv1.weight``,
+...), so a torchvision state dict loads unchanged; only the classifier's fully connected
+layers are renamed and reshaped into convolutions (``fc6``/``fc7``, see
+:func:`fcnseg.models.surgery.convert_classifier_state_dict`). torchvision itself is not needed.
+
+Geometries (``geometry=``):
+
+- ``"modern"``: the classifier's own padding, fc6 padded by 3 so that its 7x7 window is
+  centred (no wasted compute, small inputs work).
+- ``"caffe"``: conv1 padded by 100 and fc6 unpadded, as in the reference Caffe FCNs.
+- ``"classifier"``: the classifier's own padding and an unpadded fc6 -- exactly the
+  classifier, convolutionalised (a 224x224 input gives a 1x1 fc7 map). Used by surgery.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+GEOMETRIES = ("modern", "caffe", "classifier")
+CAFFE_PAD = 100
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses set ``feature_names``/``feature_channels`` keyed by stride."""
+
+    feature_names: dict[int, str]
+    feature_channels: dict[int, int]
+    arch: str
+
+    def coord_paths(self) -> dict[str, list[nn.Module]]:
+        """Modules (in order) from the input to each named feature map."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _check_geometry(geometry: str) -> None:
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+
+
+# --------------------------------------------------------------------------- VGG16
+
+_VGG16_CFG: Sequence[int | str] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                   512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(Backbone):
+    """VGG16 (configuration D), the paper's backbone. Features: pool3, pool4, fc7."""
+
+    arch = "vgg16"
+    feature_names = {8: "pool3", 16: "pool4", 32: "fc7"}
+    feature_channels = {8: 256, 16: 512, 32: 4096}
+
+    def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
+        super().__init__()
+        _check_geometry(geometry)
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                # ceil_mode as in Caffe: never drops border pixels, so any size >= 1 works.
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+            else:
+                pad = CAFFE_PAD if (geometry == "caffe" and not layers) else 1
+                layers += [nn.Conv2d(in_ch, int(v), 3, padding=pad), nn.ReLU(inplace=True)]
+                in_ch = int(v)
+        self.features = nn.Sequential(*layers)  # indices identical to torchvision's vgg16
+        self.fc6 = nn.Conv2d(512, 4096, 7, padding=3 if geometry == "modern" else 0)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(dropout)
+
+    def coord_paths(self) -> dict[str, list[nn.Module]]:
+        f = list(self.features)
+        return {"pool3": f[:17], "pool4": f[:24], "fc7": f + [self.fc6, self.fc7]}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        pool3 = self.features[:17](x)       # (B, 256, H/8, W/8)
+        pool4 = self.features[17:24](pool3)  # (B, 512, H/16, W/16)
+        pool5 = self.features[24:](pool4)    # (B, 512, H/32, W/32)
+        fc6 = self.drop6(self.relu6(self.fc6(pool5)))
+        fc7 = self.drop7(self.relu7(self.fc7(fc6)))  # (B, 4096, H/32, W/32)
+        return {"pool3": pool3, "pool4": pool4, "fc7": fc7}
+
+
+# --------------------------------------------------------------------------- AlexNet
+
+class AlexNet(Backbone):
+    """AlexNet (torchvision's one-GPU variant). Features: conv2 (s8), conv5 (s16), fc7 (s32)."""
+
+    arch = "alexnet"
+    feature_names = {8: "conv2", 16: "conv5", 32: "fc7"}
+    feature_channels = {8: 192, 16: 256, 32: 4096}
+
+    def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
+        super().__init__()
+        _check_geometry(geometry)
+        pad1 = CAFFE_PAD if geometry == "caffe" else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=pad1), nn.ReLU(inplace=True),  # 0, 1
+            nn.MaxPool2d(3, 2, ceil_mode=True),                                     # 2
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True),                # 3, 4
+            nn.MaxPool2d(3, 2, ceil_mode=True),                                     # 5
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),               # 6, 7
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),               # 8, 9
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),               # 10, 11
+            nn.MaxPool2d(3, 2, ceil_mode=True),                                     # 12
+        )
+        # torchvision's classifier sees a 6x6 pool5 window: fc6 is a 6x6 conv.
+        self.fc6 = nn.Conv2d(256, 4096, 6, padding=3 if geometry == "modern" else 0)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(dropout)
+
+    def coord_paths(self) -> dict[str, list[nn.Module]]:
+        f = list(self.features)
+        return {"conv2": f[:5], "conv5": f[:12], "fc7": f + [self.fc6, self.fc7]}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        conv2 = self.features[:5](x)        # (B, 192, H/8, W/8)
+        conv5 = self.features[5:12](conv2)  # (B, 256, H/16, W/16)
+        pool5 = self.features[12:](conv5)   # (B, 256, H/32, W/32)
+        fc6 = self.drop6(self.relu6(self.fc6(pool5)))
+        fc7 = self.drop7(self.relu7(self.fc7(fc6)))  # (B, 4096, H/32, W/32)
+        return {"conv2": conv2, "conv5": conv5, "fc7": fc7}
+
+
+# --------------------------------------------------------------------------- ResNets
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def main_path(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def main_path(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2, self.conv3]
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(Backbone):
+    """ResNet (torchvision layout, no ``fc``). Features: layer2 (s8), layer3 (s16), layer4 (s32).
+
+    ``stem="imagenet"`` is torchvision's 7x7/2 conv + 3x3/2 max pool; ``stem="small"`` is two
+    3x3/2 conv-BN-ReLU layers (the from-scratch ``small`` backbone).
+    """
+
+    feature_names = {8: "layer2", 16: "layer3", 32: "layer4"}
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
+                 widths: Sequence[int] = (64, 128, 256, 512), geometry: str = "modern",
+                 stem: str = "imagenet", arch: str = "resnet") -> None:
+        super().__init__()
+        _check_geometry(geometry)
+        self.arch = arch
+        pad = CAFFE_PAD if geometry == "caffe" else None
+        if stem == "imagenet":
+            self.inplanes = widths[0]
+            self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3 if pad is None else pad, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self._stem = [self.conv1, self.bn1, self.relu, self.maxpool]
+        elif stem == "small":
+            half = max(widths[0] // 2, 4)
+            self.inplanes = widths[0]
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, half, 3, 2, 1 if pad is None else pad, bias=False),
+                nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                nn.Conv2d(half, widths[0], 3, 2, 1, bias=False),
+                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            self._stem = list(self.stem)
+        else:
+            raise ValueError(f"unknown stem {stem!r}")
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
+        e = block.expansion
+        self.feature_channels = {8: widths[1] * e, 16: widths[2] * e, 32: widths[3] * e}
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def coord_paths(self) -> dict[str, list[nn.Module]]:
+        path: list[nn.Module] = list(self._stem)
+        out: dict[str, list[nn.Module]] = {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            for blk in getattr(self, name):
+                path = path + blk.main_path()
+            out[name] = path
+        return {k: out[k] for k in ("layer2", "layer3", "layer4")}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if hasattr(self, "stem"):
+            x = self.stem(x)                                   # (B, w, H/4, W/4)
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        x = self.layer1(x)
+        c3 = self.layer2(x)   # (B, C8, H/8, W/8)
+        c4 = self.layer3(c3)  # (B, C16, H/16, W/16)
+        c5 = self.layer4(c4)  # (B, C32, H/32, W/32)
+        return {"layer2": c3, "layer3": c4, "layer4": c5}
+
+
+def vgg16(geometry: str = "modern", **kw) -> VGG16:
+    return VGG16(geometry, **kw)
+
+
+def alexnet(geometry: str = "modern", **kw) -> AlexNet:
+    return AlexNet(geometry, **kw)
+
+
+def resnet18(geometry: str = "modern") -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), geometry=geometry, arch="resnet18")
+
+
+def resnet34(geometry: str = "modern") -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), geometry=geometry, arch="resnet34")
+
+
+def resnet50(geometry: str = "modern") -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), geometry=geometry, arch="resnet50")
+
+
+def small(geometry: str = "modern", width: int = 32, blocks: Sequence[int] = (1, 1, 2, 1)) -> ResNet:
+    """A small residual net with BatchNorm that trains from scratch on a CPU.
+
+    Widths (w, 2w, 4w, 8w) at strides 4..32; about 1.5 GFLOPs per 360x480 image at w=32.
+    """
+    w = int(width)
+    return ResNet(BasicBlock, tuple(blocks), widths=(w, 2 * w, 4 * w, 8 * w), geometry=geometry,
+                  stem="small", arch="small")
+
+
+BACKBONES = {"vgg16": vgg16, "alexnet": alexnet, "resnet18": resnet18, "resnet34": resnet34,
+             "resnet50": resnet50, "small": small}
+

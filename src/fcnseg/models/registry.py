@@ -1,0 +1,86 @@
+"""Model registry: one dict, one decorator, ``list_models()`` and ``build_model()``."""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable, Mapping
+
+from torch import Tensor
+
+from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.fcn import FCN, VARIANTS
+
+_MODELS: dict[str, Callable[..., FCN]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
+    def deco(fn: Callable[..., FCN]) -> Callable[..., FCN]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``fcn8s_resnet50``."""
+    return sorted(_MODELS)
+
+
+def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
+                backbone_weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
+                upsampling: str = "paper", at_once: bool = False, **backbone_kwargs: Any) -> FCN:
+    """Build a registered FCN.
+
+    Args:
+        name: e.g. ``"fcn8s_vgg16"`` (see :func:`list_models`).
+        num_classes: number of output channels (21 for PASCAL VOC).
+        geometry: ``"modern"`` (fc6 padded by 3) or ``"caffe"`` (conv1 padded by 100, crops as
+            in the reference nets).
+        backbone_weights: a classifier/backbone state dict or a path to one (torchvision layout,
+            e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
+        upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`).
+        at_once: scale skip features as in all-at-once training.
+        **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``).
+
+    Returns an :class:`FCN` whose ``fcn_config`` records these arguments.
+    """
+    if name not in _MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(name, _MODELS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+    if geometry not in ("modern", "caffe"):
+        raise ValueError(f"geometry must be 'modern' or 'caffe', got {geometry!r}")
+    model = _MODELS[name](num_classes=num_classes, geometry=geometry, upsampling=upsampling,
+                          at_once=at_once, **backbone_kwargs)
+    if backbone_weights is not None:
+        from fcnseg.models.surgery import load_backbone_weights
+
+        load_backbone_weights(model.backbone, backbone_weights)
+    model.fcn_config = {"name": name, "num_classes": num_classes, "geometry": geometry,
+                        "upsampling": upsampling, "at_once": at_once, **backbone_kwargs}
+    return model
+
+
+def _make_entry(variant: str, arch: str) -> Callable[..., FCN]:
+    factory = BACKBONES[arch]
+    accepted = set(inspect.signature(factory).parameters) - {"geometry"}
+
+    def entry(num_classes: int, geometry: str, upsampling: str, at_once: bool, **kw: Any) -> FCN:
+        unknown = set(kw) - accepted
+        if unknown:
+            raise TypeError(f"fcn{variant}_{arch} got unknown option(s) {sorted(unknown)}; "
+                            f"accepted: {sorted(accepted) or 'none'}")
+        backbone = factory(geometry=geometry, **kw)
+        return FCN(backbone, num_classes, variant, geometry, upsampling, at_once)
+
+    entry.__doc__ = f"FCN-{variant} on {arch}."
+    return entry
+
+
+for _arch in BACKBONES:
+    for _variant in VARIANTS:
+        register_model(f"fcn{_variant}_{_arch}")(_make_entry(_variant, _arch))

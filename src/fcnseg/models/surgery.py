@@ -1,0 +1,184 @@
+"""Network surgery: classifier -> fully convolutional, and staged FCN initialisation.
+
+- :func:`convert_classifier_state_dict`: a torchvision classifier state dict (vgg16,
+  alexnet, resnet*) becomes a backbone state dict; VGG/AlexNet's fully connected fc6/fc7
+  weights are reshaped into 7x7 (6x6 for AlexNet) and 1x1 conv kernels. The ImageNet
+  classifier (fc8 / ``fc``) is dropped, as in the paper.
+- :func:`convolutionalize`: the whole classifier as a fully convolutional net whose
+  output at stride 32 is the classifier's 1000-way score, slid over the image.
+- :func:`upgrade`: FCN-32s -> FCN-16s -> FCN-8s, copying every shared weight.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fcnseg.errors import CheckpointError
+
+# torchvision classifier layer -> (our conv name, spatial kernel size)
+_FC_LAYOUT = {
+    "vgg16": {"classifier.0": ("fc6", 7), "classifier.3": ("fc7", 1), "classifier.6": ("fc8", 1)},
+    "alexnet": {"classifier.1": ("fc6", 6), "classifier.4": ("fc7", 1), "classifier.6": ("fc8", 1)},
+}
+
+
+def convert_classifier_state_dict(arch: str, state_dict: Mapping[str, Tensor],
+                                  keep_fc8: bool = False) -> dict[str, Tensor]:
+    """Map a torchvision-layout classifier state dict onto fcnseg's backbone layout.
+
+    Keys already in fcnseg's layout (``fc6.weight`` as a 4-D kernel) pass through, so a
+    backbone saved by fcnseg loads too. ``keep_fc8`` keeps the ImageNet classifier as a
+    1x1 conv ``fc8`` (VGG/AlexNet) or ``fc`` (ResNets); FCNs drop it.
+    """
+    out: dict[str, Tensor] = {}
+    layout = _FC_LAYOUT.get(arch, {})
+    for key, value in state_dict.items():
+        prefix, _, param = key.rpartition(".")
+        if prefix in layout:
+            name, k = layout[prefix]
+            if name == "fc8" and not keep_fc8:
+                continue
+            if param == "weight" and value.dim() == 2:
+                cout, cin_kk = value.shape
+                if cin_kk % (k * k):
+                    raise CheckpointError(
+                        f"{key}: shape {tuple(value.shape)} cannot be reshaped into a {k}x{k} "
+                        f"convolution; is this a {arch} state dict?")
+                # Linear weights flatten (C, k, k) in row-major order, which is exactly
+                # the conv kernel's (C_in, kH, kW) layout.
+                value = value.reshape(cout, cin_kk // (k * k), k, k)
+            out[f"{name}.{param}"] = value
+        elif prefix == "fc" and arch.startswith("resnet"):
+            if keep_fc8:
+                out[key] = value.reshape(*value.shape, 1, 1) if param == "weight" and value.dim() == 2 else value
+        else:
+            out[key] = value
+    return out
+
+
+def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
+    """Accept a plain state dict, or one nested under 'state_dict'/'model' (common in the wild)."""
+    if isinstance(obj, Mapping):
+        if obj.get("format") == "fcnseg-checkpoint":
+            sd = obj["state_dict"]
+            if any(k.startswith("backbone.") for k in sd):
+                return {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+            return dict(sd)
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                obj = inner
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+            sd = dict(obj)
+            # strip DataParallel/DDP's "module." prefix
+            if all(k.startswith("module.") for k in sd):
+                sd = {k[len("module."):]: v for k, v in sd.items()}
+            return sd
+    raise CheckpointError(f"{source}: not a state dict (expected a mapping of parameter names to tensors)")
+
+
+def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
+    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
+    from fcnseg.checkpoint import safe_torch_load
+
+    source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
+    raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
+    sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
+    load_state_dict_checked(backbone, sd, source=source)
+
+
+def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
+                            strict: bool = True) -> None:
+    """``load_state_dict`` whose error says exactly which keys are missing, extra or mis-shaped."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched[:8]))
+    if strict and missing:
+        problems.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]))
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
+    if problems:
+        arch = getattr(module, "arch", None) or getattr(module, "fcn_config", {}).get("name", type(module).__name__)
+        raise CheckpointError(f"{source} does not match {arch}: " + " | ".join(problems) +
+                              ". Check that the file was saved for this model/backbone and class count.")
+    module.load_state_dict(dict(state_dict), strict=strict)
+
+
+class ConvolutionalClassifier(nn.Module):
+    """A classifier turned fully convolutional: image -> class scores at stride 32.
+
+    VGG16/AlexNet: features -> fc6 (kxk conv) -> fc7 (1x1) -> fc8 (1x1). ResNets: body ->
+    7x7 average pool at stride 1 -> fc as a 1x1 conv. On a 224x224 input the output is 1x1
+    and equals the classifier's logits; on a larger input it is the classifier slid over
+    the image at stride 32.
+    """
+
+    def __init__(self, arch: str, backbone: nn.Module, num_outputs: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.backbone = backbone
+        cin = backbone.feature_channels[32]
+        if arch.startswith("resnet"):
+            self.pool = nn.AvgPool2d(7, 1)
+            self.fc = nn.Conv2d(cin, num_outputs, 1)
+        else:
+            self.pool = nn.Identity()
+            self.fc8 = nn.Conv2d(cin, num_outputs, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.backbone(x)[self.backbone.feature_names[32]]  # (B, C, H/32 - 6, W/32 - 6)
+        f = self.pool(f)
+        return self.fc(f) if hasattr(self, "fc") else self.fc8(f)
+
+
+def convolutionalize(arch: str, state_dict: Mapping[str, Tensor]) -> ConvolutionalClassifier:
+    """Build the fully convolutional version of a torchvision-layout classifier."""
+    from fcnseg.models.backbones import BACKBONES
+
+    backbone = BACKBONES[arch](geometry="classifier")
+    sd = convert_classifier_state_dict(arch, unwrap_state_dict(state_dict, arch), keep_fc8=True)
+    head_key = "fc" if arch.startswith("resnet") else "fc8"
+    num_outputs = sd[f"{head_key}.weight"].shape[0]
+    model = ConvolutionalClassifier(arch, backbone, num_outputs)
+    head = {k: v for k, v in sd.items() if k.startswith(head_key + ".")}
+    body = {k: v for k, v in sd.items() if not k.startswith(head_key + ".")}
+    load_state_dict_checked(backbone, body, source=f"{arch} classifier")
+    getattr(model, head_key).load_state_dict({k.split(".", 1)[1]: v for k, v in head.items()})
+    return model.eval()
+
+
+@torch.no_grad()
+def upgrade(model: nn.Module, to: str) -> nn.Module:
+    """Staged training: FCN-32s -> FCN-16s, FCN-16s -> FCN-8s (or 32s -> 8s).
+
+    Copies every weight the two nets share (backbone, score layers, x2 upsamplings); the
+    new skip score layers start at zero, so at the moment of the copy the new model's
+    output equals the old one's (up to float rounding: bilinear x2 then x16 = bilinear x32).
+    """
+    from fcnseg.models.registry import build_model
+
+    cfg = dict(model.fcn_config)
+    old_variant = model.variant
+    to = to.removeprefix("fcn")
+    order = ["32s", "16s", "8s"]
+    if to not in order or order.index(to) <= order.index(old_variant):
+        raise ValueError(f"can only upgrade to a finer variant: {old_variant} -> {to} is not allowed")
+    arch = cfg["name"].split("_", 1)[1]
+    cfg["name"] = f"fcn{to}_{arch}"
+    new = build_model(**cfg)
+    new_sd = new.state_dict()
+    final_names = ("upscore.", "upscore16.", "upscore8.")
+    shared = {k: v for k, v in model.state_dict().items()
+              if k in new_sd and not k.startswith(final_names) and new_sd[k].shape == v.shape}
+    new.load_state_dict(shared, strict=False)
+    new.train(model.training)
+    return new

@@ -1,0 +1,246 @@
+"""``fcnseg predict``: segment files, folders and globs; write palette PNGs, overlays,
+probability heatmaps and ground-truth comparison panels.
+
+Per input ``<stem>`` (same size as the input, never resized):
+
+- ``<stem>.png``: VOC-style palette PNG of class indices (checkpoint palette, else VOC's);
+- ``<stem>_overlay.png``: colours blended over the photo (``--alpha``) + a class legend;
+- ``<stem>_prob_<class>.png`` with ``--heatmaps``: one probability heatmap per class;
+- ``<stem>_panel.png`` with ``--gt DIR``: image | ground truth | prediction | errors,
+  ground truth read from ``DIR/<stem>.png``.
+
+Runtimes: ``torch`` (an fcnseg checkpoint) or ``onnx`` (a file from ``fcnseg export``,
+run with onnxruntime; this path never imports torch, so this module imports torch
+only inside the torch branch). Unreadable inputs are reported and skipped; the exit
+code is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.inference import (AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, class_names_or_default,
+                              default_overlap, predict_tiled, segment_array)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+# Per-file failures that mean "this input is bad", not "fcnseg has a bug": reported and skipped.
+_FILE_ERRORS = (FcnsegError, OSError, MemoryError)
+
+
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (their images, not recursive) or glob patterns "
+                        "(quote them: 'photos/**/*.jpg')")
+    p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="CKPT",
+                   help="fcnseg checkpoint (.pt), or an exported .onnx model")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity of the class colours (default 0.4)")
+    p.add_argument("--heatmaps", action="store_true", help="also write <stem>_prob_<class>.png per class")
+    p.add_argument("--gt", metavar="DIR", help="ground-truth masks DIR/<stem>.png: write <stem>_panel.png")
+    p.add_argument("--crf", action="store_true", help="refine with a dense CRF (needs pydensecrf2)")
+    p.add_argument("--tile", metavar="SIZE|auto", default=None,
+                   help="tiled inference with SIZE px tiles (bounded memory for huge images); "
+                        f"'auto' uses {AUTO_TILE} px tiles for images above {AUTO_TILE_PIXELS / 1e6:.1f} MP")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help=f"tile overlap in px (default SIZE/4; {AUTO_OVERLAP} with --tile auto)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default=None,
+                   help="default: onnx for a .onnx model, else torch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+
+
+@dataclass
+class Outputs:
+    """What to write for each input."""
+
+    out_dir: Path
+    alpha: float = 0.4
+    heatmaps: bool = False
+    gt_dir: Path | None = None
+    crf: bool = False
+    tile: int | str | None = None
+    overlap: int | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha {args.alpha}: must be between 0 and 1")
+    tile = _parse_tile(args.tile, args.overlap)
+    if args.gt is not None and not Path(args.gt).is_dir():
+        raise ConfigError(f"--gt {args.gt}: not a folder; give the folder holding <stem>.png masks")
+    files, failures = collect_inputs(args.inputs)
+    if not files:
+        detail = "; ".join(f"{n}: {r}" for n, r in failures)
+        raise ConfigError(f"no input images found ({detail}); give image files, folders or globs")
+    _check_unique_stems(files)
+    model = load_runner(args.checkpoint, args.runtime, args.device)
+    if args.crf:
+        from fcnseg.crf import require_pydensecrf
+
+        require_pydensecrf()  # fail before any work, not on the first image
+    out_dir = _prepare_out(args.out, args.overwrite)
+    opts = Outputs(out_dir, args.alpha, args.heatmaps, Path(args.gt) if args.gt else None,
+                   args.crf, tile, args.overlap, failures)
+    n_bad_args = len(failures)  # arguments that named no image count as failed files
+    run(model, files, opts)
+    total = len(files) + n_bad_args
+    n_ok = len(files) - (len(opts.failures) - n_bad_args)
+    print(f"fcnseg predict: wrote predictions for {n_ok} of {len(files)} images to {out_dir}")
+    if opts.failures:
+        listed = "; ".join(f"{name} ({reason})" for name, reason in opts.failures)
+        print(f"fcnseg predict: {len(opts.failures)} of {total} files failed: {listed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(model, files: list[Path], opts: Outputs) -> None:
+    """Segment ``files`` and write their outputs; failures are appended to ``opts.failures``."""
+    from tqdm import tqdm
+
+    bar = tqdm(files, desc="predict", unit="img", disable=None, file=sys.stderr)
+    for path in bar:
+        try:
+            predict_file(model, path, opts)
+        except _FILE_ERRORS as e:
+            reason = str(e) if isinstance(e, FcnsegError) else f"{type(e).__name__}: {e}"
+            opts.failures.append((str(path), reason))
+            tqdm.write(f"fcnseg predict: skipped {path}: {reason}", file=sys.stderr)
+
+
+def predict_file(model, path: Path, opts: Outputs) -> None:
+    """Segment one image file and write all requested outputs (each atomically)."""
+    from fcnseg.data.io import read_image, read_mask, write_palette_png
+    from fcnseg.fileio import atomic_save_image
+    from fcnseg import visualize
+
+    image = read_image(path)  # uint8 (H, W, 3)
+    n = model.num_classes
+    gt = None
+    if opts.gt_dir is not None:  # read before the (slow) inference: a bad mask fails fast
+        gt_path = opts.gt_dir / f"{path.stem}.png"
+        if not gt_path.is_file():
+            raise ConfigError(f"no ground truth {gt_path} for {path.name}; add it or drop --gt")
+        gt = read_mask(gt_path, n)
+        if gt.shape != image.shape[:2]:
+            raise ConfigError(f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]} but the image is "
+                              f"{image.shape[1]}x{image.shape[0]}; masks must match their images")
+    want_probs = opts.heatmaps
+    # Heatmaps are 8-bit: quantised probabilities need a quarter of float32's memory.
+    out = segment_array(model, image, tile=opts.tile, overlap=opts.overlap, crf=opts.crf,
+                        return_probs=want_probs, probs_dtype=np.uint8)
+    labels, probs = out if want_probs else (out, None)
+    names = class_names_or_default(getattr(model, "class_names", None), n)
+    palette = getattr(model, "palette", None)
+    out_dir, stem = opts.out_dir, path.stem
+    write_palette_png(labels, palette, out_dir / f"{stem}.png")
+    atomic_save_image(visualize.overlay(image, labels, palette, names, opts.alpha),
+                      out_dir / f"{stem}_overlay.png")
+    if probs is not None:
+        for c in range(n):
+            atomic_save_image(visualize.heatmap(probs[c]), out_dir / f"{stem}_prob_{safe_name(names[c])}.png")
+    if gt is not None:
+        atomic_save_image(visualize.error_panel(image, gt, labels, palette, names),
+                          out_dir / f"{stem}_panel.png")
+
+
+def load_runner(path: str, runtime: str | None, device: str):
+    """The model to run: an OnnxModel (no torch) or a TorchRunner over the checkpoint."""
+    path_ = Path(path)
+    is_onnx = path_.suffix.lower() == ".onnx"
+    runtime = runtime or ("onnx" if is_onnx else "torch")
+    if runtime == "onnx":
+        if not is_onnx:
+            raise ConfigError(f"--runtime onnx needs a .onnx model, got {path}; create one with "
+                              f"`fcnseg export --checkpoint {path} --out model.onnx`")
+        from fcnseg.onnx_runtime import OnnxModel
+
+        return OnnxModel(path_, device=device)
+    if is_onnx:
+        raise ConfigError(f"{path} is an ONNX model; run it with --runtime onnx (or give a .pt checkpoint)")
+    from fcnseg.api import TorchRunner, load_model
+
+    return TorchRunner(load_model(path_, device=device))
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders and globs into a sorted, de-duplicated list of image files.
+
+    Returns ``(files, failures)``; an argument that names nothing usable is a failure
+    ``(argument, reason)`` so it is reported with the others instead of stopping the run.
+    """
+    files: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                failures.append((arg, f"folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+            files += found
+        elif p.is_file():
+            files.append(p)  # explicit files are tried whatever their suffix
+        elif glob.has_magic(arg):
+            found = sorted(Path(q) for q in glob.glob(arg, recursive=True)
+                           if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                failures.append((arg, "no image files match this pattern"))
+            files += found
+        else:
+            failures.append((arg, "no such file or folder"))
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, failures
+
+
+def safe_name(name: str) -> str:
+    """A class name usable in a file name ('potted plant' -> 'potted_plant')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+
+
+def _check_unique_stems(files: list[Path]) -> None:
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_stem:
+            raise ConfigError(f"inputs {by_stem[f.stem]} and {f} would both write {f.stem}.png; "
+                              f"rename one or predict them into different --out folders")
+        by_stem[f.stem] = f
+
+
+def _parse_tile(tile: str | None, overlap: int | None) -> int | str | None:
+    if tile is None:
+        if overlap is not None:
+            raise ConfigError("--overlap needs --tile SIZE (or --tile auto)")
+        return None
+    if tile == "auto":
+        return "auto"
+    try:
+        t = int(tile)
+    except ValueError:
+        raise ConfigError(f"--tile {tile!r}: give a size in pixels (e.g. 512) or 'auto'") from None
+    ov = default_overlap(t) if overlap is None else overlap
+    if t < 64 or not 0 <= ov < t:
+        raise ConfigError(f"--tile {t} --overlap {ov}: need a tile of at least 64 px and 0 <= overlap < tile")
+    return t
+
+
+def _prepare_out(out: str, overwrite: bool) -> Path:
+    from fcnseg.fileio import prepare_output_dir
+
+    return prepare_output_dir(out, overwrite=overwrite, what="prediction output")
+
+
+__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "predict_file", "predict_tiled",
+           "load_runner", "run"]

@@ -1,0 +1,283 @@
+"""Reliability: signals + exact resume, kills during checkpoint writes, divergence, unsafe
+checkpoints, output-directory safety, determinism, clear errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _engine_utils import (TINY_ARGS, cli_cmd, random_head_checkpoint, read_jsonl, state_dicts_equal,
+                           subprocess_env, tiny_cfg)
+from fcnseg.checkpoint import load_checkpoint
+from fcnseg.engine.train import train
+from fcnseg.errors import CheckpointError, ConfigError, DivergenceError
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``fcnseg ARGS`` in-process; return (exit code, stderr)."""
+    from fcnseg.cli import main
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    rc = main(list(args))
+    return rc, capsys.readouterr().err
+
+
+def _wait_for_steps(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.is_file() and len(path.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before step {n}: {proc.stderr.read()}")
+        time.sleep(0.01)
+    raise AssertionError(f"no step {n} within {timeout}s")
+
+
+# ----------------------------------------------------------------------------- (1) signals
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_resumable_checkpoint_and_resume_is_exact(synthetic_voc, tmp_path, sig, code):
+    # 6 train images, batch 2: 3 steps per epoch, 8 epochs.
+    args = ["train", "--data", str(synthetic_voc), "--iters", "24", "--deterministic", "--seed", "7", *TINY_ARGS]
+    env = subprocess_env(threads=1)
+    ref = subprocess.Popen(cli_cmd(*args, "--out", str(tmp_path / "ref")), env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli_cmd(*args, "--out", str(run)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_steps(run / "steps.jsonl", 4, proc)  # mid-epoch 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"stopped by {signal.Signals(sig).name} at step" in err and "--resume" in err
+    last = load_checkpoint(run / "last.pt")
+    stopped_at = last["step"]
+    assert 4 <= stopped_at < 24 and last["completed"] is False
+    assert len(read_jsonl(run / "steps.jsonl")) == stopped_at
+
+    # resume (only --out and --resume: the rest comes from the run's config)
+    res = subprocess.run(cli_cmd("train", "--out", str(run), "--resume"), env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming {run} at step {stopped_at}" in res.stdout
+    ref_out, ref_err = ref.communicate(timeout=180)
+    assert ref.returncode == 0, ref_err
+
+    ref_steps, run_steps = read_jsonl(tmp_path / "ref" / "steps.jsonl"), read_jsonl(run / "steps.jsonl")
+    assert [s["step"] for s in run_steps] == list(range(1, 25))
+    # bit-for-bit: floats round-trip exactly through JSON
+    assert [s["loss"] for s in run_steps] == [s["loss"] for s in ref_steps]
+    assert [s["lr"] for s in run_steps] == [s["lr"] for s in ref_steps]
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(run / "last.pt")
+    assert state_dicts_equal(a["state_dict"], b["state_dict"])
+    assert [r["val"]["miou"] for r in read_jsonl(run / "metrics.jsonl")] == \
+        [r["val"]["miou"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
+
+
+# ----------------------------------------------------------------------------- (2) SIGKILL mid-write
+
+_SAVER = textwrap.dedent("""
+    import sys, torch
+    from fcnseg.checkpoint import save_checkpoint
+    from fcnseg.models import build_model
+    model = build_model("fcn8s_small", num_classes=4, width=8)
+    i = 0
+    while True:
+        i += 1
+        # ~32 MB per checkpoint: a kill almost always lands in the middle of a write
+        save_checkpoint(sys.argv[1], model, step=i, blob=torch.full((8_000_000,), float(i)))
+""")
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    rng = random.Random(0)
+    leftovers = 0
+    previous_step = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], env=subprocess_env())
+        t0 = time.monotonic()
+        # wait until this process has replaced the file at least once
+        while not (path.is_file() and load_checkpoint(path)["step"] >= 1 and
+                   (previous_step == 0 or path.stat().st_mtime > t0)):
+            assert proc.poll() is None and time.monotonic() - t0 < 120
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        ck = load_checkpoint(path)  # the final name always holds a complete checkpoint
+        assert ck["blob"].shape == (8_000_000,) and bool((ck["blob"] == ck["step"]).all())
+        previous_step = ck["step"]
+        tmps = list(tmp_path.glob(".last.pt.*.tmp"))
+        leftovers += len(tmps)
+        for t in tmps:
+            t.unlink()
+    assert leftovers >= 1  # at least one kill did hit a write in progress
+
+
+# ----------------------------------------------------------------------------- (3) divergence
+
+
+def test_nan_loss_stops_at_that_step_and_keeps_last_good_checkpoint(synthetic_voc, tmp_path, monkeypatch):
+    import fcnseg.engine.train as train_mod
+
+    calls = {"n": 0}
+    real_loss = train_mod.segmentation_loss
+
+    def loss_nan_at_step_5(logits, target, weight=None):
+        calls["n"] += 1
+        loss = real_loss(logits, target, weight)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_mod, "segmentation_loss", loss_nan_at_step_5)
+    out = tmp_path / "nan"
+    with pytest.raises(DivergenceError) as e:
+        train(tiny_cfg(synthetic_voc, out, epochs=3))
+    msg = str(e.value)
+    assert "loss is nan at step 5 (epoch 2)" in msg
+    assert "lower learning rate" in msg and "check the labels" in msg and str(out / "last.pt") in msg
+    last = load_checkpoint(out / "last.pt")  # from the end of epoch 1 (step 3), not the diverged state
+    assert last["step"] == 3 and all(torch.isfinite(v).all() for v in last["state_dict"].values()
+                                     if v.is_floating_point())
+    assert load_checkpoint(out / "best.pt")["step"] == 3
+    assert len(read_jsonl(out / "steps.jsonl")) == 4
+
+
+def test_huge_learning_rate_diverges_with_clear_message(synthetic_voc, tmp_path):
+    with pytest.raises(DivergenceError, match=r"training diverged: loss is (nan|inf) at step \d+.*--lr, now 1e\+10"):
+        train(tiny_cfg(synthetic_voc, tmp_path / "huge", epochs=3, lr=1e10))
+
+
+# ----------------------------------------------------------------------------- (4) unsafe checkpoints
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling creates a file
+
+
+def _evil_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"format": "fcnseg-checkpoint", "model": {"name": "fcn8s_small"}, "state_dict": {},
+                "payload": _Evil(str(marker))}, path)
+    return path
+
+
+def test_malicious_pickle_is_refused_everywhere(synthetic_voc, tmp_path, monkeypatch, capsys):
+    proof = tmp_path / "proof_marker"
+    torch.load(_evil_checkpoint(tmp_path / "proof.pt", proof), weights_only=False)
+    assert proof.exists()  # the payload is real: an unsafe load would run it
+
+    marker = tmp_path / "pwned"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    rc, err = _cli(monkeypatch, capsys, "eval", "--checkpoint", str(evil), "--data", str(synthetic_voc),
+                   "--workers", "0", "--device", "cpu")
+    assert rc == 2 and "refused to load" in err and str(evil) in err
+
+    rc, err = _cli(monkeypatch, capsys, "train", "--data", str(synthetic_voc), "--out", str(tmp_path / "t1"),
+                   "--init", str(evil), "--epochs", "1", *TINY_ARGS)
+    assert rc == 2 and "refused to load" in err
+
+    run = tmp_path / "t2"
+    train(tiny_cfg(synthetic_voc, run, iters=1))
+    _evil_checkpoint(run / "last.pt", marker)
+    rc, err = _cli(monkeypatch, capsys, "train", "--out", str(run), "--resume")
+    assert rc == 2 and "refused to load" in err and str(run / "last.pt") in err
+    assert not marker.exists()
+
+
+def test_checkpoint_for_other_model_or_class_count_is_refused(synthetic_voc, tmp_path):
+    six = random_head_checkpoint(tmp_path / "six.pt", num_classes=6)
+    with pytest.raises(CheckpointError, match="checkpoint has 6 classes but the data has 4"):
+        train(tiny_cfg(synthetic_voc, tmp_path / "a", init=str(six), epochs=1))
+    alex = tmp_path / "alex.pt"
+    from fcnseg.checkpoint import save_checkpoint
+    from fcnseg.models import build_model
+
+    save_checkpoint(alex, build_model("fcn32s_alexnet", num_classes=4))
+    with pytest.raises(CheckpointError, match="is for model 'fcn32s_alexnet'.*cannot initialise 'fcn8s_small'"):
+        train(tiny_cfg(synthetic_voc, tmp_path / "b", init=str(alex), epochs=1))
+    # resuming a run with another --model: refused, naming the setting
+    run = tmp_path / "c"
+    train(tiny_cfg(synthetic_voc, run, iters=1))
+    with pytest.raises(ConfigError, match="model: run has 'fcn8s_small', now 'fcn16s_small'"):
+        train(tiny_cfg(synthetic_voc, run, model="fcn16s_small", resume=True))
+    with pytest.raises(ConfigError, match="lr: run has 0.01, now 0.5"):
+        train(tiny_cfg(synthetic_voc, run, lr=0.5, resume=True))
+
+
+# ----------------------------------------------------------------------------- (5) output dir
+
+
+def test_run_dir_never_overwritten_without_flag(synthetic_voc, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(synthetic_voc, run, iters=1))
+    before = (run / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds results; pass --overwrite"):
+        train(tiny_cfg(synthetic_voc, run, iters=1, seed=1))
+    assert (run / "best.pt").read_bytes() == before
+    train(tiny_cfg(synthetic_voc, run, iters=2, seed=1, overwrite=True))
+    assert len(read_jsonl(run / "steps.jsonl")) == 2  # old logs removed, not appended to
+
+
+def test_unwritable_or_full_output_reported_before_work(synthetic_voc, tmp_path, monkeypatch):
+    import fcnseg.data.datasets as datasets
+
+    def no_work(*a, **k):
+        raise AssertionError("dataset opened before the output directory was checked")
+
+    monkeypatch.setattr(datasets, "open_dataset", no_work)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot write to run directory .*file/run"):
+        train(tiny_cfg(synthetic_voc, blocker / "run", epochs=1))
+
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 2**20))
+    with pytest.raises(ConfigError, match="only 1 MiB free"):
+        train(tiny_cfg(synthetic_voc, tmp_path / "full", epochs=1))
+
+
+# ----------------------------------------------------------------------------- (6) determinism
+
+
+def test_seed_deterministic_runs_are_bit_identical(synthetic_voc, tmp_path):
+    sds = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(tiny_cfg(synthetic_voc, tmp_path / name, iters=4, seed=seed, deterministic=True))
+        sds.append(load_checkpoint(tmp_path / name / "last.pt")["state_dict"])
+    assert state_dicts_equal(sds[0], sds[1])
+    assert not state_dicts_equal(sds[0], sds[2])  # the seed matters
+    assert not torch.are_deterministic_algorithms_enabled()  # global setting restored after train()
+
+
+# ----------------------------------------------------------------------------- (7) clear errors
+
+
+def test_unknown_data_or_model_is_one_line_error(synthetic_voc, tmp_path, monkeypatch, capsys):
+    rc, err = _cli(monkeypatch, capsys, "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                   *TINY_ARGS)
+    assert rc == 2 and err.count("\n") == 1 and "--data" in err and "no such directory" in err
+    args = [a if a != "fcn8s_small" else "fcn8s_tiny" for a in TINY_ARGS]
+    rc, err = _cli(monkeypatch, capsys, "train", "--data", str(synthetic_voc), "--out", str(tmp_path / "o"), *args)
+    assert rc == 2 and err.count("\n") == 1 and "unknown --model 'fcn8s_tiny'" in err and "fcn8s_small" in err
+    rc, err = _cli(monkeypatch, capsys, "eval", "--checkpoint", str(tmp_path / "x.pt"), "--data",
+                   str(tmp_path / "nope"))
+    assert rc == 2 and err.count("\n") == 1 and "no such directory" in err
+    assert not (tmp_path / "o").exists()
