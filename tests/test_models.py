@@ -382,3 +382,18 @@ def test_params_and_flops_counts():
     # conv FLOPs of VGG16 at 224 are 2 * 15.35 GMAC; fcn32s at 224 (modern) adds fc6/fc7 on 7x7
     gflops = count_flops(m, (224, 224)) / 1e9
     assert 2 * 15.3 + 2 * 49 * (25088 * 4096 + 4096 * 4096) / 1e9 < gflops < 2 * 15.6 + 2 * 49 * 1.2e8 / 1e9 + 3
+
+
+def test_models_command_prints_counted_table(capsys):
+    from fcnseg.cli import main
+
+    assert main(["models", "--models", "fcn8s_vgg16,fcn32s_small", "--size", "500x500"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| fcn")]
+    assert [line.split("|")[1].strip() for line in lines] == ["fcn8s_vgg16", "fcn32s_small"]
+    cells = [c.strip() for c in lines[0].split("|")[1:-1]]
+    with torch.device("meta"):
+        m, c = (build_model("fcn8s_vgg16", geometry=g) for g in ("modern", "caffe"))
+    assert float(cells[1]) == pytest.approx(count_params(m) / 1e6, abs=0.05)
+    assert float(cells[2]) == pytest.approx(count_flops(m, (500, 500)) / 1e9, abs=0.05)
+    assert float(cells[3]) == pytest.approx(count_flops(c, (500, 500)) / 1e9, abs=0.05)

@@ -169,3 +169,15 @@ def test_error_panel_marks_wrong_and_ignored_pixels():
     grey = np.all(panel == (128, 128, 128), axis=2).sum()
     assert red == 25 and grey >= 5 * 30
     assert visualize.full_palette(None)[255].tolist() == list(default_palette(256)[255])
+
+
+def test_missing_or_mismatched_ground_truth_fails_that_file(ckpt, inputs, tmp_path, capsys):
+    folder, a, b, _ = inputs
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt_dir / "a.png")  # wrong size; b.png missing
+    rc = main(["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(tmp_path / "o"),
+               "--gt", str(gt_dir)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "2 of 2 files failed" in err
+    assert "masks must match their images" in err and f"no ground truth {gt_dir / 'b.png'}" in err

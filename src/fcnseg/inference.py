@@ -11,13 +11,15 @@ Tiled inference and bounded memory
 Full-size per-class logits do not fit for large images (21 classes x 8000 x 8000 x 4 B
 = 5.4 GB). :func:`predict_tiled` therefore works in *bands*: one row of overlapping
 tiles at a time. Each tile's logits are multiplied by a smooth window (raised-cosine
-ramps over the overlap on sides that have a neighbour) and added into a band buffer
+ramps over the overlap on sides that have a neighbour, see :func:`window_1d`) and added
+into a band buffer
 ``acc (C, band_h, W)`` together with the window itself into ``wsum (band_h, W)``.
 Once a band is done, the rows above the next band's first row can receive no more
 contributions: they are normalised (``acc / wsum``) and reduced to labels (and, if
 asked, probabilities), and the remaining overlap rows move to the top of the buffer.
 Peak memory is thus O(C * (tile + align) * W) for the buffer plus the image and the
-label map, not O(C * H * W). Tile origins are multiples of ``align`` (the network's
+label map, not O(C * H * W): for 8000 x 8000, 21 classes, 1024 px tiles, the buffer is
+0.7 GB and the whole process peaks at ~1.5 GB (tests/test_tiled.py measures it). Tile origins are multiples of ``align`` (the network's
 output stride, 32) so every tile sees the same pooling grid as whole-image inference;
 the last tile in each direction is stretched (by < ``align`` px) to end at the border.
 """
@@ -135,7 +137,7 @@ def window_1d(size: int, ramp_lo: int, ramp_hi: int) -> np.ndarray:
     return w
 
 
-def predict_tiled(model, image: np.ndarray, *, tile: int = 512, overlap: int = 64,
+def predict_tiled(model, image: np.ndarray, *, tile: int = 512, overlap: int | None = None,
                   num_classes: int | None = None, return_probs: bool = False,
                   probs_dtype: type = np.float32, align: int = 32,
                   progress: Callable[[int], None] | None = None):
@@ -143,11 +145,13 @@ def predict_tiled(model, image: np.ndarray, *, tile: int = 512, overlap: int = 6
 
     Returns labels ``uint8 (H, W)``, or ``(labels, probs (C, H, W))`` with
     ``return_probs`` (``probs_dtype`` np.uint8 stores ``round(p * 255)``, a quarter of the
-    memory, which is all a heatmap needs). ``progress(n)`` is called after each tile.
-    See the module docstring for the band algorithm.
+    memory, which is all a heatmap needs); note that probabilities are full size,
+    C x H x W, unlike everything else here. ``overlap`` defaults to ``tile / 4``.
+    ``progress(n)`` is called after each tile. See the module docstring for the algorithm.
     """
     runner = as_runner(model)
     image = check_image(image)
+    overlap = default_overlap(tile) if overlap is None else int(overlap)
     if tile < 1 or overlap < 0 or overlap >= tile:
         raise ConfigError(f"need tile >= 1 and 0 <= overlap < tile, got tile {tile}, overlap {overlap}")
     C = int(num_classes if num_classes is not None else runner.num_classes)

@@ -90,6 +90,8 @@ def cli_main(args: argparse.Namespace) -> int:
     opts = Outputs(out_dir, args.alpha, args.heatmaps, Path(args.gt) if args.gt else None,
                    args.crf, tile, args.overlap, failures)
     n_bad_args = len(failures)  # arguments that named no image count as failed files
+    for name, reason in failures:
+        print(f"fcnseg predict: skipped {name}: {reason}", file=sys.stderr)
     run(model, files, opts)
     total = len(files) + n_bad_args
     n_ok = len(files) - (len(opts.failures) - n_bad_args)
