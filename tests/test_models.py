@@ -397,3 +397,30 @@ def test_models_command_prints_counted_table(capsys):
     assert float(cells[1]) == pytest.approx(count_params(m) / 1e6, abs=0.05)
     assert float(cells[2]) == pytest.approx(count_flops(m, (500, 500)) / 1e9, abs=0.05)
     assert float(cells[3]) == pytest.approx(count_flops(c, (500, 500)) / 1e9, abs=0.05)
+
+
+def test_fixed_bilinear_layers_run_per_class_and_match_dense():
+    """The grouped fast path for fixed diagonal upsampling equals the dense transposed conv."""
+    torch.manual_seed(6)
+    m = build_model("fcn8s_small", num_classes=7, width=8, upsampling="fixed").eval()
+    randomize_scores(m)
+    assert m._diagonal == {"upscore2", "upscore_pool4", "upscore8"}
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        fast = m(x)
+        m._diagonal = set()  # force the dense path
+        dense = m(x)
+    torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-6)
+    # a loaded non-diagonal kernel must not take the per-class path
+    sd = m.state_dict()
+    sd["upscore8.weight"] = sd["upscore8.weight"] + 0.01
+    m.load_state_dict(sd)
+    assert "upscore8" not in m._diagonal
+    with torch.no_grad():
+        out = m(x)
+        ref = torch.nn.functional.conv_transpose2d  # dense reference through the module itself
+        assert torch.isfinite(out).all() and ref is not None
+    m._diagonal = {"upscore8"}
+    with torch.no_grad():
+        wrong = m(x)
+    assert (wrong - out).abs().max() > 1e-3  # the check above matters

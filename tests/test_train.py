@@ -140,6 +140,20 @@ def test_staged_training_and_upgrade_init(synthetic_voc, tmp_path):
     assert shared and all(torch.equal(sd[k], ck["state_dict"][k]) for k in shared)
 
 
+def test_staged_time_budget_then_resume(synthetic_voc, tmp_path):
+    from fcnseg.engine.train import load_run_config
+
+    out = tmp_path / "staged"
+    train(tiny_cfg(synthetic_voc, out, stages=["32s", "16s"], iters=2, max_minutes=1e-4))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] is False and list(summary["stages"]) == ["32s"]  # 16s never started
+    assert not (out / "16s").exists()
+    train(load_run_config(out, resume=True))  # the budget is per invocation: none now
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] is True and list(summary["stages"]) == ["32s", "16s"]
+    assert [s["step"] for s in read_jsonl(out / "32s" / "steps.jsonl")] == [1, 2]
+
+
 def test_max_minutes_stops_cleanly_with_evaluated_best(synthetic_voc, tmp_path, capsys):
     out = tmp_path / "budget"
     # 1e-4 min: the budget is exhausted at the first step; the run must still end with a

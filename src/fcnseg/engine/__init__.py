@@ -1,0 +1,11 @@
+"""Training, evaluation and distributed helpers.
+
+- :mod:`fcnseg.engine.train`: ``fcnseg train``, :func:`train` (:class:`TrainConfig` in :mod:`.config`)
+- :mod:`fcnseg.engine.evaluate`: ``fcnseg eval``, :func:`evaluate`, :func:`run_eval`
+- :mod:`fcnseg.engine.distributed`: torchrun environment, ``is_main_process()``, sharded eval sampler
+- helpers: :mod:`.sampling` (resumable, reproducible sampling), :mod:`.rng`, :mod:`.optim`,
+  :mod:`.losses`, :mod:`.runtime` (device, AMP, versions), :mod:`.signals`
+
+Import from the submodules (``from fcnseg.engine.train import train``): re-exporting
+``train`` here would be shadowed by the submodule of the same name.
+"""

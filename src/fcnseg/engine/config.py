@@ -105,7 +105,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
         close = difflib.get_close_matches(cfg.model, models, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ConfigError(f"unknown --model {cfg.model!r}; {hint}see `fcnseg models` for the list")
+        raise ConfigError(f"unknown --model {cfg.model!r}; {hint}available: {', '.join(models)}")
     if cfg.optimizer not in DEFAULT_LR:
         raise ConfigError(f"unknown --optimizer {cfg.optimizer!r}; choose sgd or adamw")
     if cfg.lr is None:

@@ -160,7 +160,7 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
 
     Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint`` and ``split``.
     """
-    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.checkpoint import model_from_checkpoint
     from fcnseg.data.datasets import open_dataset
     from fcnseg.data.transforms import eval_transforms
 
@@ -185,8 +185,8 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
         if err:
             raise ConfigError(err)
     ds = open_dataset(data, split, transforms=eval_transforms())
-    ckpt = load_checkpoint(checkpoint)  # weights_only: a malicious pickle is refused here
-    model = model_from_checkpoint(ckpt, num_classes=ds.num_classes)
+    # Safe load (weights_only: a malicious pickle is refused); the class count must match the data.
+    model = model_from_checkpoint(checkpoint, num_classes=ds.num_classes)
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -65,7 +65,7 @@ from fcnseg.engine.sampling import ResumableSampler, SeededDataset, worker_init
 from fcnseg.engine.signals import StopRequest, TrainingInterrupted
 from fcnseg.errors import CheckpointError, ConfigError, DivergenceError, FcnsegError
 
-__all__ = ["TrainConfig", "train", "TrainingInterrupted", "add_cli_arguments", "cli_main"]
+__all__ = ["TrainConfig", "train", "load_run_config", "TrainingInterrupted", "add_cli_arguments", "cli_main"]
 
 # Files a run writes; --overwrite removes exactly these (and stage sub-directories' copies).
 RUN_FILES = ("config.json", "metrics.jsonl", "steps.jsonl", "train_curve.png", "confusion_matrix.png",
@@ -587,26 +587,42 @@ def _train_staged(cfg: TrainConfig, device: torch.device) -> Path:
                                                           indent=1, default=str) + "\n")
     _, backbone = split_model_name(cfg.model)
     prev = cfg.init
-    for i, stage in enumerate(cfg.stages or []):
+    t0 = time.monotonic()
+    stages = cfg.stages or []
+    finals: dict[str, float | None] = {}
+    for i, stage in enumerate(stages):
         sub_dir = top / stage
-        summary = sub_dir / "summary.json"
-        done = summary.is_file() and json.loads(summary.read_text()).get("completed")
-        if cfg.resume and done:
+        if cfg.resume and _stage_summary(sub_dir).get("completed"):
             log(f"stage {stage}: already complete ({sub_dir}), skipping")
         else:
+            # --max-minutes is a budget for all stages together.
+            left = None if cfg.max_minutes is None else cfg.max_minutes - (time.monotonic() - t0) / 60
+            if left is not None and left <= 0:
+                log(f"time budget of {cfg.max_minutes:g} min used up before stage {stage}; "
+                    f"continue with `fcnseg train --out {top} --resume`")
+                break
             resume = cfg.resume and (sub_dir / "last.pt").is_file()
             sub = dataclasses.replace(cfg, model=f"fcn{stage}_{backbone}", out=str(sub_dir), stages=None, init=prev,
                                       backbone_weights=cfg.backbone_weights if prev is None else None,
-                                      resume=resume, overwrite=not resume)
-            log(f"== stage {i + 1}/{len(cfg.stages)}: {sub.model} -> {sub_dir}")
+                                      resume=resume, overwrite=not resume, max_minutes=left)
+            log(f"== stage {i + 1}/{len(stages)}: {sub.model} -> {sub_dir}")
             Trainer(resolve(sub), device).run()
+        finals[stage] = _stage_summary(sub_dir).get("best_miou")
         prev = str(sub_dir / "best.pt")
+        if not _stage_summary(sub_dir).get("completed"):
+            break  # stopped by the time budget: the next stage must not start from a half-trained one
     if D.is_main_process():
-        finals = {s: json.loads((top / s / "summary.json").read_text()).get("best_miou") for s in cfg.stages}
-        atomic_write_text(top / "summary.json", json.dumps({"stages": finals, "best": prev}, indent=1) + "\n")
-        print("staged training done: " + ", ".join(f"{s} mIoU {_pct(m)}" for s, m in finals.items())
-              + f"; final model {prev}", flush=True)
+        complete = len(finals) == len(stages) and _stage_summary(top / stages[-1]).get("completed", False)
+        atomic_write_text(top / "summary.json", json.dumps({"stages": finals, "best": prev, "completed": complete},
+                                                           indent=1) + "\n")
+        print(f"staged training {'done' if complete else 'stopped'}: "
+              + ", ".join(f"{s} mIoU {_pct(m)}" for s, m in finals.items()) + f"; latest model {prev}", flush=True)
     return top
+
+
+def _stage_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -707,25 +723,30 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="no progress bar")
 
 
+def load_run_config(run_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The config of an existing run (its ``config.json``), for resuming it: ``train(load_run_config(d,
+    resume=True))``. ``resume``, ``overwrite`` and ``max_minutes`` are per invocation and not inherited."""
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {saved} not found; is {run_dir} a run directory?")
+    try:
+        base = json.loads(saved.read_text(encoding="utf-8"))["config"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError(f"--resume: {saved} is not a valid run config") from None
+    for key in ("resume", "overwrite", "max_minutes"):
+        base.pop(key, None)
+    return TrainConfig.from_dict({**dataclasses.asdict(TrainConfig(data="", out="")), **base, **overrides})
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Options given on the command line, over the run's saved config (``--resume``) or the defaults."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
-    base: dict[str, Any] = {}
     if args.resume:
-        saved = Path(args.out) / "config.json"
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {saved} not found; is {args.out} a run directory?")
-        try:
-            base = json.loads(saved.read_text(encoding="utf-8"))["config"]
-        except (json.JSONDecodeError, KeyError):
-            raise ConfigError(f"--resume: {saved} is not a valid run config") from None
-        for key in ("resume", "overwrite", "max_minutes"):  # per invocation, never inherited
-            base.pop(key, None)
-    merged = {**dataclasses.asdict(TrainConfig(data="", out="")), **base, **given}
-    return TrainConfig.from_dict(merged)
+        return load_run_config(args.out, **given)
+    return TrainConfig.from_dict({**dataclasses.asdict(TrainConfig(data="", out="")), **given})
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -99,6 +99,9 @@ class FCN(nn.Module):
         self.cover_pad = next(c for c in range(0, 257)
                               if all(self._extent(n + c) >= n + self._final_offset for n in range(1, 257)))
         del self._paths
+        self._refresh_diagonal()
+        # weights loaded later (checkpoints, staged init) may not be diagonal: re-check then
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_diagonal())
 
     # -- construction helpers -------------------------------------------------------
     def _upsample_layer(self, src: CoordMap, dst: CoordMap, factor: int) -> nn.ConvTranspose2d:
@@ -146,6 +149,34 @@ class FCN(nn.Module):
             cur = up
         return out_size(getattr(self, _FINAL_NAME[self.strides[-1]]), cur)
 
+    def _refresh_diagonal(self) -> None:
+        """Record which upsampling layers are per-class (off-diagonal weights all zero)."""
+        self._diagonal = set()
+        for name in (*(_UP_NAME[s] for s in self.strides[1:]), _FINAL_NAME[self.strides[-1]]):
+            w = getattr(self, name).weight.detach()
+            if w.device.type == "meta":
+                self._diagonal.add(name)  # built from bilinear_kernel, diagonal by construction
+                continue
+            c = w.shape[0]
+            off = w.abs().sum() - torch.diagonal(w, dim1=0, dim2=1).abs().sum()
+            if c == 1 or off.item() == 0:
+                self._diagonal.add(name)
+
+    def _upsample(self, name: str, x: Tensor) -> Tensor:
+        """Apply upsampling layer ``name``; a fixed per-class one runs as a grouped conv.
+
+        A bilinear layer maps class i to class i only, so the dense (C, C, k, k) transposed
+        conv does C times the necessary work; for the final x8 of FCN-8s on a small backbone
+        that is a large share of the whole forward pass. Learned layers stay dense.
+        """
+        layer = getattr(self, name)
+        w = layer.weight
+        if w.requires_grad or name not in self._diagonal:
+            return layer(x)
+        dw = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
+        return F.conv_transpose2d(x, dw, stride=layer.stride, padding=layer.padding,
+                                  output_padding=layer.output_padding, groups=w.shape[0])
+
     # -- forward --------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
@@ -156,13 +187,13 @@ class FCN(nn.Module):
         names = self.backbone.feature_names
         score = self.score_fr(feats[names[32]])  # (B, N, h32, w32)
         for s in self.strides[1:]:
-            up = getattr(self, _UP_NAME[s])(score)  # (B, N, ~2*h, ~2*w)
+            up = self._upsample(_UP_NAME[s], score)  # (B, N, ~2*h, ~2*w)
             f = feats[names[s]]
             if self.at_once:
                 f = f * AT_ONCE_SCALE[s]
             skip = getattr(self, _SKIP_NAME[s])(f)  # (B, N, h_s, w_s)
             score = _fuse(up, skip, self._fuse_offsets[s])
-        out = getattr(self, _FINAL_NAME[self.strides[-1]])(score)  # (B, N, >=H+o, >=W+o)
+        out = self._upsample(_FINAL_NAME[self.strides[-1]], score)  # (B, N, >=H+o, >=W+o)
         o = self._final_offset
         if out.shape[-2] < o + H or out.shape[-1] < o + W:  # a geometry bug, never user error
             raise RuntimeError(f"internal: output {tuple(out.shape[-2:])} too small for crop "

@@ -1,0 +1,220 @@
+"""A faster CPU inference path for FCNs: prepacked oneDNN convolutions and GEMM classifiers.
+
+Why eager PyTorch leaves speed on the table (FCN-8s-VGG16, 360x480, 2 threads; see
+``benchmarks/README.md`` for the profile):
+
+1. Every eager ``Conv2d`` call hands oneDNN a plain ``(O, I, kh, kw)`` weight, which oneDNN
+   reorders into its blocked layout *on every call*. For fc6 (4096x512x7x7, 411 MB) that
+   copy alone takes ~20% of the forward pass; fc7 (64 MB) another ~2%.
+2. oneDNN's direct 7x7 convolution on the tiny stride-32 map (12x15 pixels for 360x480)
+   runs well below GEMM speed, while the same product as ``unfold`` + one matrix multiply
+   (MKL sgemm, K = 512*49) runs near the machine's matmul peak.
+3. NCHW activations are reordered to oneDNN's blocked layout and back around every conv,
+   and NCHW max pooling is slow; channels-last (NHWC) activations avoid both.
+
+:func:`optimize_for_cpu_inference` returns an inference-only copy of a model with those
+three things fixed: convolutions with >= ``gemm_min_channels`` channels run as GEMMs on
+the original weights (no copy), the others call oneDNN with weights reordered once, ahead
+of time (a ReLU that directly follows a conv inside an ``nn.Sequential`` is fused into
+it), and activations are channels-last. Numerics: fp32 results match eager to ~1e-6
+relative (different summation order). It uses ``torch.ops.mkldnn._convolution_pointwise``
+and ``torch._C._nn.mkldnn_reorder_conv2d_weight``, the private ops that
+``torch.compile(freezing=True)`` emits for the same purpose; :func:`fastpath_unavailable`
+says why the path cannot be used (no oneDNN, ops missing), so callers can fall back.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Unfolded GEMM input above this many bytes is computed in bands of output rows, so the
+# GEMM path never needs much more memory than the conv it replaces (e.g. 2048x2048 input:
+# fc6's unfolded input would be 411 MB at once).
+GEMM_BAND_BYTES = 64 * 2**20
+
+
+def fastpath_unavailable() -> str | None:
+    """Why :func:`optimize_for_cpu_inference` cannot run here, or None if it can."""
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch build has no oneDNN (mkldnn)"
+    if not hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"):
+        return "torch._C._nn.mkldnn_reorder_conv2d_weight is missing in this PyTorch"
+    try:
+        torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return "torch.ops.mkldnn._convolution_pointwise is missing in this PyTorch"
+    return None
+
+
+class PackedConv2d(nn.Module):
+    """A ``Conv2d`` (optionally + ReLU) whose weight was reordered for oneDNN once, at build time.
+
+    Inference only: the packed weight is a detached copy in oneDNN's opaque layout.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, input_shape: list[int], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.padding = list(conv.padding)
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        self.attr = "relu" if relu else "none"
+        w = conv.weight.detach().to(dtype)
+        # The input shape only steers oneDNN's choice of blocked layout; other sizes still work.
+        self.weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, input_shape)
+        self.bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
+        self.extra = f"{conv.in_channels}, {conv.out_channels}, kernel={tuple(conv.kernel_size)}, relu={relu}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self.attr, [], "")
+
+    def extra_repr(self) -> str:
+        return self.extra
+
+
+class GemmConv2d(nn.Module):
+    """A stride-1 ``Conv2d`` computed as ``unfold`` + one GEMM per image (and band of rows).
+
+    For the classifier-turned-conv layers (fc6: 512->4096 7x7, fc7: 4096->4096 1x1) on the
+    small stride-32 map, MKL's GEMM beats oneDNN's direct convolution and needs no weight
+    reorder. The weight is a view of the original (fp32) or one cast copy (bf16).
+    """
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_channels = conv.out_channels
+        self.kernel = tuple(conv.kernel_size)
+        self.padding = tuple(conv.padding)
+        self.weight = conv.weight.detach().to(dtype).reshape(conv.out_channels, -1)  # (O, I*kh*kw)
+        self.bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        (kh, kw), (ph, pw) = self.kernel, self.padding
+        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+        nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and nhwc:
+            # 1x1 conv on NHWC data is a linear layer on its last dim: (B,H,W,C) @ (C,O)^T.
+            return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        out = x.new_empty((B, Ho, Wo, self.out_channels)).permute(0, 3, 1, 2)  # NHWC storage
+        # Output rows per band, so that the unfolded input stays under GEMM_BAND_BYTES.
+        row_bytes = self.weight.shape[1] * Wo * x.element_size()
+        band = max(1, min(Ho, GEMM_BAND_BYTES // max(row_bytes, 1)))
+        for b in range(B):
+            for r0 in range(0, Ho, band):
+                r1 = min(Ho, r0 + band)
+                cols = F.unfold(xp[b:b + 1, :, r0:r1 + kh - 1], (kh, kw))[0]  # (C*kh*kw, rows*Wo)
+                y = F.linear(cols.t(), self.weight, self.bias)  # (rows*Wo, O): MKL GEMM
+                out[b, :, r0:r1] = y.view(r1 - r0, Wo, -1).permute(2, 0, 1)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]} -> {self.out_channels}, kernel={self.kernel}, padding={self.padding}"
+
+
+class CPUInferenceModel(nn.Module):
+    """Wrapper that feeds the optimised copy channels-last input of the right dtype.
+
+    Output: logits ``(B, C, H, W)`` in ``dtype`` (channels-last strides; values as eager).
+    """
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.channels_last = channels_last
+        for attr in ("num_classes", "fcn_config", "class_names", "palette"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.inner(x)
+
+
+@torch.no_grad()
+def optimize_for_cpu_inference(model: nn.Module, example_size: tuple[int, int] = (360, 480), *,
+                               dtype: torch.dtype = torch.float32, channels_last: bool = True,
+                               gemm_min_channels: int = 1024) -> CPUInferenceModel:
+    """An inference-only copy of ``model`` for CPU: prepacked/fused convs, GEMM classifiers.
+
+    ``example_size`` (H, W) is run once to learn each conv's input shape (a layout hint for
+    oneDNN; any size works afterwards). ``dtype`` float32 or bfloat16. Convs with >=
+    ``gemm_min_channels`` input or output channels (stride 1, no dilation, no groups) run
+    as GEMMs. The original model is left untouched; unchanged modules share its tensors.
+    Raises RuntimeError if :func:`fastpath_unavailable` says so.
+    """
+    reason = fastpath_unavailable()
+    if reason:
+        raise RuntimeError(f"CPU fast path unavailable: {reason}")
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    model.eval()
+    # Copy the module tree but share every tensor with the original: no weight is
+    # duplicated unless a replacement makes its own (packed or cast) copy.
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    inner = copy.deepcopy(model, memo)
+    mem = torch.channels_last if channels_last else torch.contiguous_format
+    shapes: dict[str, list[int]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:  # None: leaves the input unchanged
+            shapes.setdefault(name, list(args[0].shape))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in inner.named_modules()
+             if type(m) is nn.Conv2d]
+    try:
+        inner(torch.zeros(1, 3, *example_size).contiguous(memory_format=mem))
+    finally:
+        for h in hooks:
+            h.remove()
+    if dtype != torch.float32:  # the modules we do not replace (BN, transposed convs) follow
+        _cast_remaining(inner, dtype)
+    names = {id(m): n for n, m in inner.named_modules()}
+    for parent in list(inner.modules()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            full = names[id(child)]
+            if type(child) is not nn.Conv2d or full not in shapes:
+                continue  # not a plain conv, or never run by forward (unused)
+            # Fuse a ReLU only where execution order is certain: the next item of a Sequential.
+            fuse = (isinstance(parent, nn.Sequential) and i + 1 < len(children)
+                    and type(children[i + 1][1]) is nn.ReLU)
+            if _gemm_eligible(child, gemm_min_channels):
+                setattr(parent, name, GemmConv2d(child, dtype))
+                continue
+            if child.padding_mode != "zeros" or isinstance(child.padding, str):
+                continue  # oneDNN's packed op takes explicit zero padding only
+            setattr(parent, name, PackedConv2d(child, fuse, shapes[full], dtype))
+            if fuse:
+                setattr(parent, children[i + 1][0], nn.Identity())
+    return CPUInferenceModel(inner, dtype, channels_last).eval()
+
+
+def _gemm_eligible(conv: nn.Conv2d, min_channels: int) -> bool:
+    return (max(conv.in_channels, conv.out_channels) >= min_channels and conv.groups == 1
+            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+def _cast_remaining(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating tensors of the copy to ``dtype`` without touching the original's tensors."""
+    for m in module.modules():
+        for name, p in list(m.named_parameters(recurse=False)):
+            if p.is_floating_point():
+                setattr(m, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point():
+                m.register_buffer(name, b.to(dtype))
+
