@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fcnseg.engine.config import TrainConfig
@@ -22,6 +23,16 @@ TINY = dict(model="fcn8s_small", model_kwargs={"width": 8}, crop_size=32, batch_
             amp="off", device="cpu", progress=False)
 TINY_ARGS = ["--model", "fcn8s_small", "--model-arg", "width=8", "--crop-size", "32", "--batch-size", "2",
              "--workers", "0", "--amp", "off", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def torch_one_thread():
+    """One torch thread in the test process: on 2 shared cores, OpenMP's second thread mostly
+    spins waiting (a tiny step takes ~4x longer with 2 threads under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_cfg(data: Path, out: Path, **overrides) -> TrainConfig:

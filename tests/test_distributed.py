@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from _engine_utils import TINY_ARGS, free_port, random_head_checkpoint, subprocess_env
+from _engine_utils import (TINY_ARGS, free_port, random_head_checkpoint, subprocess_env,
+                           torch_one_thread)  # noqa: F401 (autouse fixture)
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.data.datasets import open_dataset
 from fcnseg.data.transforms import eval_transforms

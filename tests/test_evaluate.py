@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _engine_utils import random_head_checkpoint
+from _engine_utils import random_head_checkpoint, torch_one_thread  # noqa: F401 (autouse fixture)
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.datasets import open_dataset
 from fcnseg.data.transforms import eval_transforms

@@ -2,9 +2,6 @@
 checkpoints, output-directory safety, determinism, clear errors."""
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
 import signal
 import subprocess
@@ -17,7 +14,8 @@ import pytest
 import torch
 
 from _engine_utils import (TINY_ARGS, cli_cmd, random_head_checkpoint, read_jsonl, state_dicts_equal,
-                           subprocess_env, tiny_cfg)
+                           subprocess_env, tiny_cfg,
+                           torch_one_thread)  # noqa: F401 (autouse fixture)
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.engine.train import train
 from fcnseg.errors import CheckpointError, ConfigError, DivergenceError
@@ -48,8 +46,9 @@ def _wait_for_steps(path: Path, n: int, proc: subprocess.Popen, timeout: float =
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_resumable_checkpoint_and_resume_is_exact(synthetic_voc, tmp_path, sig, code):
-    # 6 train images, batch 2: 3 steps per epoch, 8 epochs.
-    args = ["train", "--data", str(synthetic_voc), "--iters", "24", "--deterministic", "--seed", "7", *TINY_ARGS]
+    # 6 train images, batch 2: 3 steps per epoch, 8 epochs, validated after epochs 4 and 8.
+    args = ["train", "--data", str(synthetic_voc), "--iters", "24", "--val-every", "4", "--deterministic",
+            "--seed", "7", *TINY_ARGS]
     env = subprocess_env(threads=1)
     ref = subprocess.Popen(cli_cmd(*args, "--out", str(tmp_path / "ref")), env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _engine_utils import read_jsonl, tiny_cfg
+from _engine_utils import read_jsonl, tiny_cfg, torch_one_thread  # noqa: F401 (autouse fixture)
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.engine.config import TrainConfig, resolve
 from fcnseg.engine.losses import median_frequency_weights, pixel_frequencies, segmentation_loss
@@ -22,7 +22,12 @@ from fcnseg.errors import ConfigError
 def tiny_run(synthetic_voc, tmp_path_factory):
     """One 2-epoch run (6 train images, batch 2 -> 3 steps per epoch), shared by several tests."""
     out = tmp_path_factory.mktemp("run") / "r"
-    train(tiny_cfg(synthetic_voc, out, epochs=2, deterministic=True, class_weights="median-freq"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: set up before the autouse one-thread fixture
+    try:
+        train(tiny_cfg(synthetic_voc, out, epochs=2, deterministic=True, class_weights="median-freq"))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

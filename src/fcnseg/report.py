@@ -61,8 +61,9 @@ def plot_training_curve(metrics: str | os.PathLike | Sequence[dict], out_png: st
     rows = read_jsonl(metrics) if isinstance(metrics, (str, os.PathLike)) else list(metrics)
     fig = _new_figure(7.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
+    # None = not measured / undefined (metrics.jsonl writes NaN as null)
     loss_pts = [(r["epoch"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
-    miou_pts = [(r["epoch"], r["val"]["miou"]) for r in rows if r.get("val")]
+    miou_pts = [(r["epoch"], r["val"]["miou"]) for r in rows if (r.get("val") or {}).get("miou") is not None]
     if loss_pts:
         x, y = zip(*loss_pts)
         ax.plot(x, y, "o-", color="tab:blue", label="train loss")

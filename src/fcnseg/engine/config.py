@@ -137,6 +137,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.class_weights not in ("none", "median-freq") and not Path(cfg.class_weights).is_file():
         raise ConfigError(f"--class-weights {cfg.class_weights!r}: expected none, median-freq, or an "
                           f"existing file of weights")
+    if cfg.init and cfg.backbone_weights:
+        raise ConfigError("--init and --backbone-weights both set: --init already provides every weight "
+                          "(backbone included); pass only one")
     for name in ("init", "backbone_weights"):
         path = getattr(cfg, name)
         if path is not None and not Path(path).is_file():

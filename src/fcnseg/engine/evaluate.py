@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -120,18 +121,21 @@ def scores_table(result: dict, class_names: Sequence[str]) -> str:
     return format_table(result, class_names)
 
 
-def to_json(result: dict) -> str:
-    """JSON with NaN written as null (strict JSON)."""
-    def fix(v):
-        if isinstance(v, float) and v != v:
-            return None
-        if isinstance(v, dict):
-            return {k: fix(u) for k, u in v.items()}
-        if isinstance(v, list):
-            return [fix(u) for u in v]
-        return v
+def json_safe(v):
+    """``v`` with NaN/inf floats replaced by None, so that ``json.dumps`` writes strict JSON
+    (undefined scores, e.g. the IoU of a class absent from labels and predictions)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(u) for u in v]
+    return v
 
-    return json.dumps(fix(result), indent=1)
+
+def to_json(result: dict) -> str:
+    """Strict JSON (NaN -> null) of an :func:`evaluate` result."""
+    return json.dumps(json_safe(result), indent=1)
 
 
 # ----------------------------------------------------------------------------- CLI

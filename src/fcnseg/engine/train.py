@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader
 
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import STAGES, TrainConfig, check_resume_compatible, resolve, split_model_name
-from fcnseg.engine.evaluate import evaluate, make_eval_loader
+from fcnseg.engine.evaluate import evaluate, json_safe, make_eval_loader
 from fcnseg.engine.losses import load_class_weights, median_frequency_weights, pixel_frequencies, segmentation_loss
 from fcnseg.engine.optim import PolyLR, build_optimizer
 from fcnseg.engine.rng import capture_rng_state, deterministic_mode, restore_rng_state, seed_everything
@@ -299,14 +299,18 @@ class Trainer:
     def _restore(self, ckpt: dict) -> None:
         """Continue exactly where ``last.pt`` stopped."""
         cfg = self.cfg
+        missing = [k for k in ("optimizer", "scheduler", "progress", "rng") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{self.out / 'last.pt'}: not a resumable checkpoint (no {', '.join(missing)}); "
+                                  f"use --init to start a new run from its weights")
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             if self.scaler is not None and ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
         except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{self.out / 'last.pt'}: not a resumable checkpoint ({e}); "
-                                  f"use --init to start from its weights instead") from None
+            raise CheckpointError(f"{self.out / 'last.pt'}: optimizer/scheduler state does not fit this run "
+                                  f"({e}); use --init to start a new run from its weights") from None
         if self.scheduler.total_steps != self.total_steps:
             log(f"note: total steps changed from {self.scheduler.total_steps} to {self.total_steps} "
                 f"(--epochs/--iters); the poly schedule is stretched from here on")
@@ -372,13 +376,18 @@ class Trainer:
             f"{', amp ' + str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else ''}")
         try:
             with self.stop.installed():
-                while p.step < self.total_steps and stop_reason is None:
+                while p.step < self.total_steps:
                     stop_reason = self._train_epoch(deadline)
-                    if stop_reason is None:
-                        done = p.step >= self.total_steps
-                        if done or p.epoch % cfg.val_every == 0:
-                            self._validate()
-                        self._save_last(completed=done)
+                    if stop_reason is not None and p.step < self.total_steps:
+                        break  # end-of-epoch work is left to the resumed run
+                    stop_reason = None  # a stop request at the very last step: just finish
+                    epoch_done = p.batch_in_epoch >= self.steps_per_epoch
+                    if epoch_done:
+                        p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                    done = p.step >= self.total_steps
+                    if done or (epoch_done and p.epoch % cfg.val_every == 0):
+                        self._validate()
+                    self._save_last(completed=done)
         finally:
             if self.steps_file is not None:
                 self.steps_file.close()
@@ -400,7 +409,11 @@ class Trainer:
         return self.out
 
     def _train_epoch(self, deadline: float | None) -> str | None:
-        """Train until the end of the epoch (or the step budget); return a stop reason or None."""
+        """Train the rest of epoch ``p.epoch`` (or up to the step budget).
+
+        Returns ``"signal"`` / ``"time"`` when a stop was requested (after completing that
+        step), else None. The caller advances the epoch and validates.
+        """
         from tqdm import tqdm
 
         cfg, p, dev = self.cfg, self.p, self.device
@@ -470,9 +483,6 @@ class Trainer:
             self._epoch_stats = {"train_loss": loss_sum / n_steps if n_steps else None,
                                  "images_per_s": n_images / max(seconds, 1e-9), "train_seconds": seconds,
                                  "lr": lr}  # of the epoch's last step
-        if p.batch_in_epoch >= self.steps_per_epoch:
-            p.epoch += 1
-            p.batch_in_epoch = 0
         return None
 
     def _diverged(self, loss_value: float) -> None:
@@ -512,24 +522,27 @@ class Trainer:
             from fcnseg.report import plot_training_curve
 
             if improved:
-                self._save("best.pt", resumable=False, metrics=res)
-            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.metrics_rows))
+                self._save("best.pt", metrics=res)
+            atomic_write_text(self.out / "metrics.jsonl",
+                              "".join(json.dumps(json_safe(r)) + "\n" for r in self.metrics_rows))
             plot_training_curve(self.metrics_rows, self.out / "train_curve.png")
         loss = stats.get("train_loss")
-        log(f"epoch {epoch:g}/{self.n_epochs} step {p.step}: train loss {loss if loss is None else f'{loss:.4f}'}, "
+        loss_text = "n/a" if loss is None else f"{loss:.4f}"
+        log(f"epoch {_fmt_epoch(epoch)}/{self.n_epochs} step {p.step}: train loss {loss_text}, "
             f"{stats.get('images_per_s', 0):.1f} img/s | val mIoU {_pct(res['miou'])}, pixel acc "
             f"{_pct(res['pixel_acc'])}, mean acc {_pct(res['mean_acc'])}"
             f"{', BF ' + _pct(res['bf']) if 'bf' in res else ''} (best {_pct(p.best_miou)})"
             f"{' *' if improved else ''}")
         return res
 
-    def _save(self, name: str, *, resumable: bool, metrics: dict | None = None, **extra: Any) -> None:
+    def _save(self, name: str, *, metrics: dict | None = None, **extra: Any) -> None:
+        """Write ``name`` in the run dir (atomically) with the checkpoint fields + ``extra``."""
         from fcnseg.checkpoint import save_checkpoint
 
         fields: dict[str, Any] = {
             "class_names": list(self.train_ds.class_names),
             "palette": [list(c) for c in self.train_ds.palette],
-            "epoch": self.p.epoch + self.p.batch_in_epoch / self.steps_per_epoch, "step": self.p.step,
+            "epoch": self.p.epoch, "step": self.p.step,  # completed epochs, optimizer steps
             "best_miou": self.p.best_miou if math.isfinite(self.p.best_miou) else None,
             "metrics": metrics, "config": self.cfg.to_dict(),
         }
@@ -540,7 +553,7 @@ class Trainer:
         # RNG states of every rank (dropout streams differ per rank): gathered, saved by rank 0.
         rng = _all_gather_object(capture_rng_state())
         if self.main:
-            self._save("last.pt", resumable=True, metrics=self.metrics_rows[-1]["val"] if self.metrics_rows else None,
+            self._save("last.pt", metrics=self.metrics_rows[-1]["val"] if self.metrics_rows else None,
                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                        scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=rng,
                        progress=dataclasses.asdict(self.p), best_metrics=self.best_metrics,
@@ -559,7 +572,8 @@ class Trainer:
         if self.best_metrics is not None:
             files["confusion_matrix"] = plot_confusion_matrix(
                 self.best_metrics["confusion_matrix"], self.train_ds.class_names,
-                self.out / "confusion_matrix.png", title=f"{self.cfg.model}, best epoch {p.best_epoch:g}")
+                self.out / "confusion_matrix.png",
+                title=f"{self.cfg.model}, best epoch {_fmt_epoch(p.best_epoch)}")
         summary = {"model": self.cfg.model, "best_miou": p.best_miou if math.isfinite(p.best_miou) else None,
                    "best_epoch": p.best_epoch, "steps": p.step, "total_steps": self.total_steps,
                    "completed": p.step >= self.total_steps, "stopped": stop_reason, "seconds": seconds,
@@ -567,7 +581,7 @@ class Trainer:
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
         status = "finished" if summary["completed"] else f"stopped ({stop_reason})"
         print(f"{status}: {p.step}/{self.total_steps} steps in {seconds / 60:.1f} min; best val mIoU "
-              f"{_pct(p.best_miou)} at epoch {p.best_epoch if p.best_epoch is None else f'{p.best_epoch:g}'}\n"
+              f"{_pct(p.best_miou)} at epoch {_fmt_epoch(p.best_epoch)}\n"
               f"  best: {files['best']}\n  last: {files['last']} (resumable)\n"
               f"  metrics: {files['metrics']}, curve: {files['curve']}"
               + (f", confusion matrix: {files['confusion_matrix']}" if "confusion_matrix" in files else ""),
@@ -631,6 +645,11 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
 
 
+def _fmt_epoch(e: float | None) -> str:
+    """``3`` for whole epochs, ``2.35`` for a run stopped part-way through one."""
+    return "n/a" if e is None else f"{e:g}" if float(e).is_integer() else f"{e:.2f}"
+
+
 def _read_jsonl_lenient(path: Path) -> list[dict]:
     """Rows of a log that a kill may have cut mid-line: a broken last line is dropped."""
     if not path.is_file():
@@ -676,9 +695,22 @@ def _parse_crop(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 else parts
 
 
+CLI_EPILOG = """\
+examples:
+  fcnseg train --data VOC2012 --model fcn8s_vgg16 --backbone-weights vgg16-397923af.pth --out runs/voc
+  fcnseg train --data VOC2012 --model fcn8s_vgg16 --stages 32s,16s,8s --out runs/staged
+  fcnseg train --out runs/voc --resume            # continue an interrupted run exactly
+  torchrun --nproc_per_node 4 -m fcnseg.cli train --data VOC2012 --out runs/ddp ...
+
+exit codes: 0 done (also when --max-minutes ran out: resumable), 2 error (one line),
+130 / 143 stopped by SIGINT / SIGTERM after saving a resumable last.pt.
+"""
+
+
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that --resume can tell what was given from what to take from the run.
     d = TrainConfig(data="", out="")
+    p.epilog, p.formatter_class = CLI_EPILOG, argparse.RawDescriptionHelpFormatter
     g = p.add_argument_group("data and model")
     g.add_argument("--data", help="dataset root (VOC layout or images/ + masks/)")
     g.add_argument("--out", required=True, help="run directory")
@@ -689,7 +721,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone-weights", metavar="PATH", help="ImageNet backbone weights (torchvision layout)")
     g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed)")
     g.add_argument("--stages", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], metavar="32s,16s,8s",
-                   help="staged training: one sub-directory per stage, each from the previous best")
+                   help="staged training with --model's backbone: one sub-directory per stage, each "
+                        "initialised from the previous stage's best.pt")
     g.add_argument("--train-split", help=f"default {d.train_split}")
     g.add_argument("--val-split", help=f"default {d.val_split}")
     g = p.add_argument_group("optimisation")
