@@ -150,17 +150,19 @@ class FCN(nn.Module):
         return out_size(getattr(self, _FINAL_NAME[self.strides[-1]]), cur)
 
     def _refresh_diagonal(self) -> None:
-        """Record which upsampling layers are per-class (off-diagonal weights all zero)."""
+        """Cache per-class kernels (C, 1, k, k) of the upsampling layers that are diagonal.
+
+        Kept as non-persistent buffers: they follow ``.to()``, stay out of state dicts, export
+        to ONNX as constants, and are recomputed whenever a state dict is loaded.
+        """
         self._diagonal = set()
         for name in (*(_UP_NAME[s] for s in self.strides[1:]), _FINAL_NAME[self.strides[-1]]):
             w = getattr(self, name).weight.detach()
-            if w.device.type == "meta":
-                self._diagonal.add(name)  # built from bilinear_kernel, diagonal by construction
-                continue
-            c = w.shape[0]
-            off = w.abs().sum() - torch.diagonal(w, dim1=0, dim2=1).abs().sum()
-            if c == 1 or off.item() == 0:
-                self._diagonal.add(name)
+            diag = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
+            if w.device.type != "meta" and (w.abs().sum() - diag.abs().sum()).item() != 0:
+                continue  # a learned or loaded kernel that mixes classes: keep it dense
+            self.register_buffer(f"_{name}_per_class", diag.clone(), persistent=False)
+            self._diagonal.add(name)
 
     def _upsample(self, name: str, x: Tensor) -> Tensor:
         """Apply upsampling layer ``name``; a fixed per-class one runs as a grouped conv.
@@ -170,12 +172,11 @@ class FCN(nn.Module):
         that is a large share of the whole forward pass. Learned layers stay dense.
         """
         layer = getattr(self, name)
-        w = layer.weight
-        if w.requires_grad or name not in self._diagonal:
+        if layer.weight.requires_grad or name not in self._diagonal:
             return layer(x)
-        dw = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
-        return F.conv_transpose2d(x, dw, stride=layer.stride, padding=layer.padding,
-                                  output_padding=layer.output_padding, groups=w.shape[0])
+        return F.conv_transpose2d(x, getattr(self, f"_{name}_per_class"), stride=layer.stride,
+                                  padding=layer.padding, output_padding=layer.output_padding,
+                                  groups=layer.weight.shape[0])
 
     # -- forward --------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
