@@ -53,10 +53,10 @@ def test_report_has_every_section(tiny_result):
 def test_inference_numbers_are_consistent(tiny_result):
     records = [x for x in tiny_result["inference"] if x["model"] == "fcn8s_small"]
     ok = [x for x in records if x["status"] == "ok"]
-    # modern: 5 CPU variants; caffe: fp32 only; amp_fp16 is CUDA-only -> skipped with a reason
+    # modern: 5 CPU variants; caffe: fp32 and fastpath; amp_fp16 is CUDA-only -> skipped with a reason
     assert {(x["geometry"], x["variant"]) for x in ok} == {
         ("modern", v) for v in ("fp32", "channels_last", "fastpath", "bf16_autocast", "bf16_fastpath")} | {
-        ("caffe", "fp32")}
+        ("caffe", "fp32"), ("caffe", "fastpath")}
     skipped = [x for x in records if x["status"] == "skipped"]
     assert [x["variant"] for x in skipped] == ["amp_fp16"] and "cuda" in skipped[0]["reason"]
     peak = tiny_result["peak"]
@@ -69,7 +69,10 @@ def test_inference_numbers_are_consistent(tiny_result):
         assert x["gflop_per_s"] == pytest.approx(x["flops"] / (lat["median_ms"] / 1e3) / 1e9, rel=1e-9)
         assert x["images_per_s"] == pytest.approx(1 / (lat["median_ms"] / 1e3), rel=1e-9)
         assert x["fraction_of_peak"] == pytest.approx(
+            x["gflop_per_s"] / peak[x["precision"]]["best_gflop_per_s"], rel=1e-9)
+        assert x["fraction_of_median_peak"] == pytest.approx(
             x["gflop_per_s"] / peak[x["precision"]]["gflop_per_s"], rel=1e-9)
+        assert _finite_positive(x["peak_rss_mb"])
         assert 0.9 <= x["agreement_vs_fp32"] <= 1.0
     by_variant = {x["variant"]: x for x in ok if x["geometry"] == "modern"}
     assert by_variant["fp32"]["agreement_vs_fp32"] == 1.0
@@ -122,14 +125,16 @@ def _rec(variant: str, precision: str, ms: float, geometry: str = "modern", agre
             "device": "cpu", "flops": flops, "input": "synthetic", "variant": variant, "status": "ok",
             "precision": precision, "latency": {"median_ms": ms}, "images_per_s": 1e3 / ms,
             "gflop_per_s": flops / (ms / 1e3) / 1e9, "fraction_of_peak": flops / (ms / 1e3) / 1e9 / 200.0,
-            "agreement_vs_fp32": agree}
+            "peak_precision": precision, "agreement_vs_fp32": agree}
 
 
 def test_target_values_pick_the_right_records():
     result = {
         "inference": [_rec("fp32", "fp32", 1000.0), _rec("fastpath", "fp32", 625.0),
                       _rec("bf16_autocast", "bf16", 500.0, agree=0.985), _rec("bf16_weights", "bf16", 800.0),
-                      _rec("fp32", "fp32", 2000.0, geometry="caffe", flops=2e11)],
+                      _rec("fp32", "fp32", 2000.0, geometry="caffe", flops=2e11),
+                      _rec("fastpath", "fp32", 1125.0, geometry="caffe", flops=2e11)],
+        "peak": {"fp32": {"best_gflop_per_s": 200.0}, "bf16": {"best_gflop_per_s": 100.0}},
         "train": {"status": "ok", "model": "fcn8s_vgg16", "crop": 256, "batch": 2, "images_per_s": 0.5},
         "loader": {"status": "ok", "workers": 2, "images_per_s": 50.0},
         "metrics": {"status": "ok", "model": "fcn8s_vgg16", "source": "synthetic", "share": 0.01},
@@ -138,8 +143,11 @@ def test_target_values_pick_the_right_records():
     assert values["fp32_fraction_of_peak"]["value"] == pytest.approx(0.8)  # fastpath: 160 of 200 GFLOP/s
     assert "fastpath" in values["fp32_fraction_of_peak"]["conditions"]
     assert values["bf16_speedup"]["value"] == pytest.approx(1.25)  # best bf16 (500 ms) vs best fp32 (625 ms)
+    assert "peak ratio is 0.50" in values["bf16_speedup"]["conditions"]
     assert values["bf16_agreement"]["value"] == pytest.approx(0.985)
-    assert values["modern_vs_caffe"]["value"] == pytest.approx(2.0)  # fp32 eager both
+    # the same variant in both geometries, the one fastest on the modern net: fastpath
+    assert values["modern_vs_caffe"]["value"] == pytest.approx(1.8)
+    assert "fastpath" in values["modern_vs_caffe"]["conditions"]
     assert values["loader_vs_train"]["value"] == pytest.approx(100.0)
     status = {t["key"]: t["status"] for t in judge_targets(values)}
     assert status == {"fp32_fraction_of_peak": "PASS", "bf16_speedup": "MISS", "bf16_agreement": "MISS",

@@ -677,12 +677,19 @@ def _parse_kv(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, _parse_value(value)
+
+
+def _parse_value(value: str) -> Any:
+    """'8' -> 8, '0.5' -> 0.5, 'true' -> True, '2,2,3,2' -> [2, 2, 3, 2], else the string."""
+    if "," in value:
+        return [_parse_value(v) for v in value.split(",")]
     for conv in (int, float):
         try:
-            return key, conv(value)
+            return conv(value)
         except ValueError:
             continue
-    return key, {"true": True, "false": False}.get(value.lower(), value)
+    return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def _parse_crop(text: str) -> int | list[int]:
