@@ -84,3 +84,5 @@ def test_evaluate_crf_effect_runs_on_a_dataset(synthetic_voc):
     assert result["images"] == 2
     for key in ("without", "with"):
         assert 0.0 <= result[key]["pixel_acc"] <= 1.0
+        assert 0.0 <= result[key]["bf"] <= 1.0  # boundary F1 is measured with and without
+        assert len(result[key]["bf_per_class"]) == ds.num_classes

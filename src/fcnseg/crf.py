@@ -88,18 +88,20 @@ def evaluate_crf_effect(model, dataset, *, max_images: int | None = None,
     ``dataset`` is a :func:`fcnseg.data.datasets.open_dataset` dataset (its images and
     masks are read from ``image_path(i)``/``mask_path(i)`` at full size, not through its
     transforms). Returns ``{"without": scores, "with": scores, "images": n}``, scores as
-    from :meth:`fcnseg.metrics.ConfusionMatrix.compute`.
+    from :meth:`fcnseg.metrics.ConfusionMatrix.compute` plus the boundary F1 score
+    (``bf``, ``bf_per_class``) -- the CRF's claim is sharper boundaries, so BF is measured.
     """
     from tqdm import tqdm
 
     from fcnseg.data.io import read_image, read_mask
     from fcnseg.inference import segment_array
-    from fcnseg.metrics import ConfusionMatrix
+    from fcnseg.metrics import BoundaryF1, ConfusionMatrix
 
     require_pydensecrf()
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     C = dataset.num_classes
     plain, refined = ConfusionMatrix(C), ConfusionMatrix(C)
+    plain_bf, refined_bf = BoundaryF1(C), BoundaryF1(C)
     for i in tqdm(range(n), desc="crf eval", disable=not progress):
         image = read_image(dataset.image_path(i))
         mask = read_mask(dataset.mask_path(i), C)
@@ -107,7 +109,10 @@ def evaluate_crf_effect(model, dataset, *, max_images: int | None = None,
         crf_labels = dense_crf(image, probs, **(crf_kwargs or {}))
         plain.update(_as_metric_input(labels), _as_metric_input(mask))
         refined.update(_as_metric_input(crf_labels), _as_metric_input(mask))
-    return {"without": plain.compute(), "with": refined.compute(), "images": n}
+        plain_bf.update(_as_metric_input(labels), _as_metric_input(mask))
+        refined_bf.update(_as_metric_input(crf_labels), _as_metric_input(mask))
+    return {"without": {**plain.compute(), **plain_bf.compute()},
+            "with": {**refined.compute(), **refined_bf.compute()}, "images": n}
 
 
 def _as_metric_input(a: np.ndarray):
