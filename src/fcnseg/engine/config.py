@@ -23,7 +23,7 @@ STAGES = ("32s", "16s", "8s")
 # Settings that define the optimisation trajectory: a resumed run must keep them.
 RESUME_IDENTITY = ("model", "model_kwargs", "geometry", "optimizer", "lr", "weight_decay", "momentum",
                    "poly_power", "warmup_iters", "batch_size", "crop_size", "scale", "seed", "deterministic",
-                   "class_weights", "amp", "channels_last", "train_split")
+                   "class_weights", "amp", "channels_last", "train_split", "sbd")
 
 
 @dataclass
@@ -39,6 +39,7 @@ class TrainConfig:
     init: str | None = None  # fcnseg checkpoint to start from (upgraded 32s -> 16s -> 8s if needed)
     stages: list[str] | None = None  # e.g. ["32s", "16s", "8s"]: staged training in sub-directories
     train_split: str = "train"
+    sbd: str | None = None  # SBD's benchmark_RELEASE/dataset: its masks join the VOC train split
     val_split: str = "val"
     optimizer: str = "sgd"
     lr: float | None = None  # None -> DEFAULT_LR[optimizer]
@@ -140,6 +141,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.init and cfg.backbone_weights:
         raise ConfigError("--init and --backbone-weights both set: --init already provides every weight "
                           "(backbone included); pass only one")
+    if cfg.sbd is not None and not Path(cfg.sbd).is_dir():
+        raise DataError(f"--sbd {cfg.sbd}: no such directory; pass SBD's benchmark_RELEASE/dataset "
+                        f"(fcnseg download --sbd fetches it)")
     for name in ("init", "backbone_weights"):
         path = getattr(cfg, name)
         if path is not None and not Path(path).is_file():

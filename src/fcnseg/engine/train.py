@@ -225,7 +225,8 @@ class Trainer:
 
         self.train_ds = open_dataset(cfg.data, cfg.train_split,
                                      transforms=train_transforms(cfg.crop_size, scale=tuple(cfg.scale)
-                                                                 if cfg.scale else None))
+                                                                 if cfg.scale else None),
+                                     sbd_root=cfg.sbd)  # SBD: train_aug minus VOC val
         self.val_ds = open_dataset(cfg.data, cfg.val_split, transforms=eval_transforms())
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
             raise ConfigError(f"--data {cfg.data}: split {cfg.train_split!r} or {cfg.val_split!r} is empty")
@@ -731,6 +732,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="staged training with --model's backbone: one sub-directory per stage, each "
                         "initialised from the previous stage's best.pt")
     g.add_argument("--train-split", help=f"default {d.train_split}")
+    g.add_argument("--sbd", metavar="DIR", help="add SBD's masks (benchmark_RELEASE/dataset) to the "
+                                                "VOC train split, minus VOC val (the paper's setup)")
     g.add_argument("--val-split", help=f"default {d.val_split}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd (momentum 0.9, the paper) or adamw")
