@@ -10,7 +10,7 @@ import torch
 
 from fcnseg import bench
 from fcnseg.bench import BenchConfig, judge_targets, run_bench, target_values
-from fcnseg.bench_fastpath import optimize_for_cpu_inference
+from fcnseg.models.fastpath import optimize_for_cpu_inference
 from fcnseg.bench_timing import Timing, fit_linear, time_callable
 from fcnseg.models import count_flops
 
@@ -27,7 +27,7 @@ def tiny_result(tmp_path_factory) -> dict:
     data = make_synthetic_voc(tmp_path_factory.mktemp("bench_voc"), n_train=6, n_val=3, size=(32, 48),
                               num_classes=4, seed=0)
     cfg = BenchConfig(**TINY, data=str(data), variants=["fp32", "channels_last", "fastpath", "bf16_autocast",
-                                                        "bf16_fastpath", "amp_fp16"])
+                                                        "bf16_fastpath", "amp_fp16", "onnxruntime"])
     return run_bench(cfg, log=lambda _msg: None)
 
 
@@ -52,6 +52,12 @@ def test_report_has_every_section(tiny_result):
 
 def test_inference_numbers_are_consistent(tiny_result):
     records = [x for x in tiny_result["inference"] if x["model"] == "fcn8s_small"]
+    ort = [x for x in records if x["variant"] == "onnxruntime"]
+    # onnxruntime runs through fcnseg.export; if that cannot export, it is skipped with the reason
+    assert ort[0]["status"] == "ok" or ort[0]["reason"].startswith("ONNX export failed")
+    if ort[0]["status"] == "ok":
+        assert ort[0]["agreement_vs_fp32"] >= 0.99
+    records = [x for x in records if x["variant"] != "onnxruntime"]
     ok = [x for x in records if x["status"] == "ok"]
     # modern: 5 CPU variants; caffe: fp32 and fastpath; amp_fp16 is CUDA-only -> skipped with a reason
     assert {(x["geometry"], x["variant"]) for x in ok} == {
@@ -157,12 +163,16 @@ def test_target_values_pick_the_right_records():
     assert "target is stated for" in other["fp32_fraction_of_peak"]["conditions"]
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
-def test_fastpath_matches_eager(monkeypatch, dtype, tol):
-    import fcnseg.bench_fastpath as fp
+@pytest.mark.parametrize("name,kwargs,dtype,tol", [
+    ("fcn8s_small", {"width": 8}, torch.float32, 1e-4),
+    ("fcn8s_small", {"width": 8}, torch.bfloat16, 0.1),
+    ("fcn16s_resnet18", {}, torch.float32, 1e-4),
+])
+def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype, tol):
+    import fcnseg.models.fastpath as fp
 
     monkeypatch.setattr(fp, "GEMM_BAND_BYTES", 4096)  # force GEMMs in several bands of rows
-    model = bench.random_model("fcn8s_small", 5, "modern", width=8)
+    model = bench.random_model(name, 5, "modern", **kwargs)
     # gemm_min_channels=32 sends the wider convs through the GEMM path too
     fast = optimize_for_cpu_inference(model, (40, 56), dtype=dtype, gemm_min_channels=32)
     kinds = {type(m).__name__ for m in fast.modules()}
@@ -186,6 +196,21 @@ def test_timing_and_fit_helpers():
     calls = []
     timing = time_callable(lambda: calls.append(1), warmup=2, repeats=3)
     assert len(calls) == 5 and len(timing.times_s) == 3
+
+
+def test_optional_backends_skip_with_reason(monkeypatch):
+    model = bench.random_model("fcn8s_small", 3, width=8)
+    x = torch.randn(1, 3, 32, 32)
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(bench.shutil, "which", lambda _name: None)
+    with pytest.raises(bench.VariantSkipped, match="no C\\+\\+ compiler"):
+        bench.prepare_variant("compile", model, x, cpu, 1)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with pytest.raises(bench.VariantSkipped, match="onnxruntime is not installed"):
+        bench.prepare_variant("onnxruntime", model, x, cpu, 1)
+    with pytest.raises(bench.VariantSkipped, match="runs on cuda only"):
+        bench.prepare_variant("amp_bf16", model, x, cpu, 1)
 
 
 def test_loader_skips_without_data(tmp_path):

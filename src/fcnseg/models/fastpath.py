@@ -189,6 +189,8 @@ def optimize_for_cpu_inference(model: nn.Module, example_size: tuple[int, int] =
             if type(child) is not nn.Conv2d or full not in shapes:
                 continue  # not a plain conv, or never run by forward (unused)
             # Fuse a ReLU only where execution order is certain: the next item of a Sequential.
+            # (A forward that slices the Sequential between the two would see the fused,
+            # post-ReLU output; no registered backbone does, and the tests check them all.)
             fuse = (isinstance(parent, nn.Sequential) and i + 1 < len(children)
                     and type(children[i + 1][1]) is nn.ReLU)
             if _gemm_eligible(child, gemm_min_channels):
