@@ -424,3 +424,19 @@ def test_fixed_bilinear_layers_run_per_class_and_match_dense():
     with torch.no_grad():
         wrong = m(x)
     assert (wrong - out).abs().max() > 1e-3  # the check above matters
+
+
+@pytest.mark.parametrize("name", ["fcn8s_alexnet", "fcn8s_small"])
+def test_channels_last_model_matches_contiguous(name):
+    """--channels-last converts the weights too (fc6/fc7 GEMM path must cope); same logits."""
+    torch.manual_seed(7)
+    m = build_model(name, num_classes=4, **small_kwargs(name)).eval()
+    randomize_scores(m)
+    x = torch.randn(1, 3, 67, 91)
+    with torch.no_grad():
+        ref = m(x)
+        m = m.to(memory_format=torch.channels_last)
+        out = m(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    m.train()
+    m(x.contiguous(memory_format=torch.channels_last)).sum().backward()  # trains in NHWC

@@ -60,7 +60,7 @@ def conv_as_gemm(conv: nn.Conv2d, x: Tensor) -> Tensor:
     (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
     Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
     exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # keep a Conv node in graphs
-    if (exporting or x.device.type != "cpu"
+    if (exporting or x.device.type != "cpu" or not conv.weight.is_contiguous()  # NHWC weights: oneDNN
             or B * C * kh * kw * Ho * Wo * x.element_size() > _GEMM_MAX_COLS_BYTES):
         return conv(x)
     cols = F.unfold(x, (kh, kw), padding=(ph, pw))  # (B, C*kh*kw, Ho*Wo)
