@@ -83,8 +83,10 @@ class FileServer:
                     server.drops_left -= 1
                     body = body[:server.drop_after]
                     self.close_connection = True
-                self.wfile.write(body)
+                # count before sending: the client may finish (and the test assert) before this
+                # thread runs another line after the write
                 server.served += len(body)
+                self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},

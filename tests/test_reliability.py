@@ -2,7 +2,6 @@
 checkpoints, output-directory safety, determinism, clear errors."""
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import sys
@@ -87,42 +86,55 @@ def test_signal_saves_resumable_checkpoint_and_resume_is_exact(synthetic_voc, tm
 # ----------------------------------------------------------------------------- (2) SIGKILL mid-write
 
 _SAVER = textwrap.dedent("""
-    import sys, torch
+    import io, sys, time, torch
     from fcnseg.checkpoint import save_checkpoint
     from fcnseg.models import build_model
-    model = build_model("fcn8s_small", num_classes=4, width=8)
+    path, pause_at = sys.argv[1], int(sys.argv[2])
+    real_save = torch.save
     i = 0
+
+    def save_in_two_halves(obj, f):
+        # the real serialisation, written in two halves; at checkpoint `pause_at` it stops
+        # between them and says so, so the test's SIGKILL lands inside a write for certain
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        data = buf.getbuffer()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        if i == pause_at:
+            print("HALF-WRITTEN", i, flush=True)
+            time.sleep(600)
+        f.write(data[len(data) // 2:])
+
+    torch.save = save_in_two_halves
+    model = build_model("fcn8s_small", num_classes=4, width=8)
     while True:
         i += 1
-        # ~32 MB per checkpoint: a kill almost always lands in the middle of a write
-        save_checkpoint(sys.argv[1], model, step=i, blob=torch.full((8_000_000,), float(i)))
+        save_checkpoint(path, model, step=i, blob=torch.full((2_000_000,), float(i)))
 """)
 
 
 def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+    """A process killed in the middle of writing last.pt leaves the previous complete checkpoint
+    under that name (and at most a stray temporary file), never a truncated one."""
     path = tmp_path / "last.pt"
-    rng = random.Random(0)
-    leftovers = 0
-    previous_step = 0
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], env=subprocess_env())
-        t0 = time.monotonic()
-        # wait until this process has replaced the file at least once
-        while not (path.is_file() and load_checkpoint(path)["step"] >= 1 and
-                   (previous_step == 0 or path.stat().st_mtime > t0)):
-            assert proc.poll() is None and time.monotonic() - t0 < 120
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.05, 0.4))
+    for pause_at in (1, 3, 2):  # the first round has no previous file: the name must not exist yet
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), str(pause_at)],
+                                env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()  # blocks until the saver is half-way through checkpoint `pause_at`
+        assert line.split() == ["HALF-WRITTEN", str(pause_at)], proc.stderr.read()
+        tmps = list(tmp_path.glob(".last.pt.*.tmp"))
+        assert len(tmps) == 1 and 0 < tmps[0].stat().st_size  # the write really is in progress
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        ck = load_checkpoint(path)  # the final name always holds a complete checkpoint
-        assert ck["blob"].shape == (8_000_000,) and bool((ck["blob"] == ck["step"]).all())
-        previous_step = ck["step"]
-        tmps = list(tmp_path.glob(".last.pt.*.tmp"))
-        leftovers += len(tmps)
+        if pause_at == 1:
+            assert not path.exists()
+        else:
+            ck = load_checkpoint(path)  # the final name holds the previous, complete checkpoint
+            assert ck["step"] == pause_at - 1
+            assert ck["blob"].shape == (2_000_000,) and bool((ck["blob"] == pause_at - 1).all())
         for t in tmps:
             t.unlink()
-    assert leftovers >= 1  # at least one kill did hit a write in progress
 
 
 # ----------------------------------------------------------------------------- (3) divergence

@@ -1,0 +1,120 @@
+"""The paper's two claims on real data, measured on camvid-voc with the CPU recipe:
+
+* skips help: FCN-8s >= FCN-16s >= FCN-32s in val mIoU (same backbone, same budget);
+* the ``modern`` geometry (fc6 padded by 3) loses no accuracy against ``caffe`` (conv1 padded
+  by 100), while costing less.
+
+Every variant runs the CPU recipe of ``benchmarks/camvid_cpu.py`` (fcn*_small, width 32,
+blocks 2,2,3,2, AdamW, median-frequency weights, seed 0) for the SAME number of epochs, so
+each sees the same images in the same order and finishes its poly schedule; only the head
+(or the geometry) differs. Each best checkpoint is then evaluated by ``fcnseg eval`` on the
+101 full-size val images. Budget = epochs, not minutes: a fixed time would hand the cheaper
+head more steps, and would make the result depend on what else the machine was doing.
+
+    python benchmarks/camvid_ablation.py --data ../shared/data/camvid-voc --out runs/ablation
+
+Prints a Markdown table (the one in the README) and writes ``OUT/ablation.json``.
+A variant whose ``best.pt`` and ``eval`` exist is not trained again (``--retrain`` forces it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from camvid_cpu import RECIPE  # noqa: E402  (the one recipe, shared)
+
+VARIANTS = {  # name: (model, geometry)
+    "fcn32s": ("fcn32s_small", "modern"),
+    "fcn16s": ("fcn16s_small", "modern"),
+    "fcn8s": ("fcn8s_small", "modern"),
+    "fcn8s_caffe": ("fcn8s_small", "caffe"),
+}
+
+
+def recipe_for(model: str) -> list[str]:
+    args = list(RECIPE)
+    args[args.index("--model") + 1] = model
+    args[args.index("--val-every") + 1] = "10"
+    return args
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/camvid-voc"))
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--epochs", type=int, default=30, help="the budget, equal for every variant")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--retrain", action="store_true")
+    args = p.parse_args()
+    out = Path(args.out)
+    names = args.variants.split(",")
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+
+    import torch
+
+    from fcnseg.engine.evaluate import run_eval
+    from fcnseg.models import build_model, count_flops
+
+    results = {}
+    if (out / "ablation.json").is_file():
+        results = json.loads((out / "ablation.json").read_text())["variants"]
+    for name in names:
+        model, geometry = VARIANTS[name]
+        run = out / name
+        cmd = [sys.executable, "-m", "fcnseg.cli", "train", "--data", args.data, "--out", str(run / "train"),
+               *recipe_for(model), "--geometry", geometry, "--epochs", str(args.epochs), "--overwrite",
+               "--no-progress"]
+        if args.retrain or name not in results:
+            print(f"[{name}] fcnseg train " + shlex.join(cmd[4:]), flush=True)
+            t0 = time.time()
+            subprocess.run(cmd, check=True)
+            minutes = (time.time() - t0) / 60
+            torch.set_num_threads(2)
+            ev = run_eval(str(run / "train" / "best.pt"), args.data, "val", bf=True, out=str(run / "eval"),
+                          overwrite=True, progress=False)
+            metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+            net = build_model(model, num_classes=len(ev["iou"]), geometry=geometry, width=32, blocks=(2, 2, 3, 2))
+            results[name] = {
+                "model": model, "geometry": geometry, "epochs": args.epochs, "train_minutes": minutes,
+                "command": "fcnseg train " + shlex.join(cmd[4:]),
+                "train_images_per_s": metrics[-1].get("images_per_s"),
+                "best_epoch": max((m for m in metrics if "val" in m), key=lambda m: m["val"]["miou"])["epoch"],
+                "gflops_360x480": count_flops(net, (360, 480)) / 1e9,
+                "eval": {k: ev[k] for k in ("miou", "pixel_acc", "mean_acc", "fwiou", "bf", "iou")},
+                "class_names": ev["class_names"],
+            }
+            (out / "ablation.json").write_text(json.dumps({"epochs": args.epochs, "variants": results}, indent=2))
+            print(f"[{name}] val mIoU {100 * ev['miou']:.1f} after {minutes:.1f} min", flush=True)
+
+    print(f"\ncamvid-voc val (101 full-size images), fcn*_small w32, recipe of benchmarks/camvid_cpu.py, "
+          f"{args.epochs} epochs each\n")
+    print("| variant | geometry | GFLOPs 360x480 | train min | mIoU | pixel acc | mean acc | fwIoU | BF |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in VARIANTS:
+        if name not in results:
+            continue
+        r, e = results[name], results[name]["eval"]
+        print(f"| {r['model']} | {r['geometry']} | {r['gflops_360x480']:.1f} | {r['train_minutes']:.1f} | "
+              f"{100 * e['miou']:.1f} | {100 * e['pixel_acc']:.1f} | {100 * e['mean_acc']:.1f} | "
+              f"{100 * e['fwiou']:.1f} | {100 * e['bf']:.1f} |")
+    if results:
+        first = next(iter(results.values()))
+        print("\nper-class IoU")
+        print("| variant | " + " | ".join(first["class_names"]) + " |")
+        print("|---|" + "---:|" * len(first["class_names"]))
+        for name in VARIANTS:
+            if name in results:
+                print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in results[name]["eval"]["iou"]) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
