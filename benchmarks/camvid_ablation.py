@@ -113,7 +113,34 @@ def main() -> int:
         for name in VARIANTS:
             if name in results:
                 print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in results[name]["eval"]["iou"]) + " |")
+    if results:
+        plot(results, out / "ablation.png")
+        print(f"\nper-class plot: {out / 'ablation.png'}")
     return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    """Per-class IoU bars, one colour per variant: where do the skips help?"""
+    import numpy as np
+
+    from fcnseg.report import _new_figure, _save
+
+    names = [n for n in VARIANTS if n in results]
+    classes = results[names[0]]["class_names"] + ["mIoU"]
+    x = np.arange(len(classes))
+    width = 0.8 / len(names)
+    fig = _new_figure(12, 4)
+    ax = fig.add_subplot()
+    for i, n in enumerate(names):
+        e = results[n]["eval"]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, [100 * v for v in e["iou"]] + [100 * e["miou"]],
+               width, label=f"{results[n]['model']} ({results[n]['geometry']})")
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("val IoU (%)")
+    ax.set_title(f"camvid-voc val, {results[names[0]]['epochs']} epochs each, same recipe and seed")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
 
 
 if __name__ == "__main__":
