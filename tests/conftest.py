@@ -1,12 +1,17 @@
 """Shared fixtures: tiny generated datasets and the optional real CamVid copy."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Bit-exact comparisons between runs in this process need MKL's reproducible mode, set before
+# MKL's first call (see fcnseg.engine.rng.reproducible_mkl).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 REPO = Path(__file__).resolve().parents[1]
 # CamVid in exact VOC layout, shared between checkouts: <repo>/../shared/data/camvid-voc

@@ -292,3 +292,22 @@ def test_unknown_data_or_model_is_one_line_error(synthetic_voc, tmp_path, monkey
                    str(tmp_path / "nope"))
     assert rc == 2 and err.count("\n") == 1 and "no such directory" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL")
+def test_deterministic_cli_puts_mkl_in_reproducible_mode(synthetic_voc, tmp_path):
+    """MKL's GEMMs may round differently depending on operand alignment unless its CNR mode is
+    on; ``--deterministic`` must turn it on before the first MKL call (MKL_VERBOSE shows it)."""
+    env = subprocess_env()
+    env.pop("MKL_CBWR", None)
+    env["MKL_VERBOSE"] = "1"
+    runs = {}
+    for flag in ("--deterministic", None):
+        args = ["train", "--data", str(synthetic_voc), "--iters", "1", "--out", str(tmp_path / str(flag)),
+                *TINY_ARGS] + ([flag] if flag else [])
+        res = subprocess.run(cli_cmd(*args), env=env, capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stderr
+        runs[flag] = {line.split("CNR:")[1].split()[0] for line in res.stdout.splitlines()
+                      if line.startswith("MKL_VERBOSE") and "CNR:" in line}
+    assert runs["--deterministic"] == {"AUTO,STRICT"}
+    assert runs[None] == {"OFF"}  # the fast default is left alone without the flag

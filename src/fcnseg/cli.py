@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if getattr(args, "deterministic", False):
+        from fcnseg.engine.rng import reproducible_mkl
+
+        reproducible_mkl()  # before any computation: MKL reads it once, at its first call
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.cli_main(args) or 0)

@@ -30,6 +30,7 @@ def set_deterministic(enabled: bool, device_type: str) -> None:
     implementation; there deterministic mode warns instead of failing (best effort).
     """
     if enabled:
+        reproducible_mkl()
         if device_type == "cuda":
             # Required by cuBLAS for deterministic matmuls; must be set before the first cuBLAS call.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -40,6 +41,18 @@ def set_deterministic(enabled: bool, device_type: str) -> None:
         torch.use_deterministic_algorithms(False)
         # Input sizes are fixed by the crop, so cuDNN's autotuner pays off after step 1.
         torch.backends.cudnn.benchmark = device_type == "cuda"
+
+
+def reproducible_mkl() -> None:
+    """Put Intel MKL in strict conditional-numerical-reproducibility mode (``MKL_CBWR``).
+
+    Without it MKL's GEMMs (torch uses them for some convolutions and their backward on CPU)
+    may take different code paths depending on how the operands happen to be aligned in
+    memory, so two identical runs can differ in the last bit. MKL reads the variable at its
+    first call, so this must run before any computation: ``fcnseg train --deterministic``
+    calls it before importing the training code. A value the user set is kept.
+    """
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 @contextlib.contextmanager

@@ -27,7 +27,9 @@ Reliability:
   restored. With ``--deterministic`` on CPU the per-step losses of an interrupted and
   resumed run are bit-identical to an uninterrupted one (``steps.jsonl``).
 - ``--seed S --deterministic`` gives bit-identical CPU runs (identical weights): it enables
-  ``torch.use_deterministic_algorithms`` and fixes every seed. Runs must use the same
+  ``torch.use_deterministic_algorithms``, puts MKL in its reproducible mode
+  (``MKL_CBWR=AUTO,STRICT``: GEMM results then do not depend on memory alignment) and
+  fixes every seed. Runs must use the same
   number of torch threads and the same world size. On CUDA it is best effort (a few
   kernels have no deterministic version; torch then warns).
 - A NaN/inf loss stops the run at that step with :class:`~fcnseg.errors.DivergenceError`;
