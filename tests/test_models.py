@@ -292,6 +292,7 @@ def test_wrong_weights_file_says_which_keys_and_shapes(tmp_path):
     assert "missing key" in msg
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the test's own pickle
 def test_malicious_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
 
