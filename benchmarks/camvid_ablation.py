@@ -54,6 +54,8 @@ def main() -> int:
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--epochs", type=int, default=30, help="the budget, equal for every variant")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--seed", type=int, default=0, help="another seed measures run-to-run spread "
+                   "(its runs are stored beside seed 0's as NAME@seedN)")
     p.add_argument("--retrain", action="store_true")
     args = p.parse_args()
     out = Path(args.out)
@@ -72,14 +74,16 @@ def main() -> int:
         results = json.loads((out / "ablation.json").read_text())["variants"]
     for name in names:
         model, geometry, staged = VARIANTS[name]
-        run = out / name
+        key = name if args.seed == 0 else f"{name}@seed{args.seed}"
+        run = out / key.replace("@", "_")
         stage_args = ["--stages", "32s,16s,8s", "--epochs", str(args.epochs // 3)] if staged else \
             ["--epochs", str(args.epochs)]
         cmd = [sys.executable, "-m", "fcnseg.cli", "train", "--data", args.data, "--out", str(run / "train"),
-               *recipe_for(model), "--geometry", geometry, *stage_args, "--overwrite", "--no-progress"]
+               *recipe_for(model), "--geometry", geometry, *stage_args, "--seed", str(args.seed),
+               "--overwrite", "--no-progress"]
         final = run / "train" / ("8s" if staged else "")
-        if args.retrain or name not in results:
-            print(f"[{name}] fcnseg train " + shlex.join(cmd[4:]), flush=True)
+        if args.retrain or key not in results:
+            print(f"[{key}] fcnseg train " + shlex.join(cmd[4:]), flush=True)
             t0 = time.time()
             subprocess.run(cmd, check=True)
             minutes = (time.time() - t0) / 60
@@ -88,8 +92,8 @@ def main() -> int:
                           overwrite=True, progress=False)
             metrics = [json.loads(line) for line in (final / "metrics.jsonl").read_text().splitlines()]
             net = build_model(model, num_classes=len(ev["iou"]), geometry=geometry, width=32, blocks=(2, 2, 3, 2))
-            results[name] = {
-                "model": model + (" staged 32s>16s>8s" if staged else ""), "geometry": geometry,
+            results[key] = {
+                "variant": name, "seed": args.seed, "model": model + (" staged 32s>16s>8s" if staged else ""), "geometry": geometry,
                 "epochs": args.epochs, "train_minutes": minutes,
                 "command": "fcnseg train " + shlex.join(cmd[4:]),
                 "train_images_per_s": metrics[-1].get("images_per_s"),
@@ -99,31 +103,47 @@ def main() -> int:
                 "class_names": ev["class_names"],
             }
             (out / "ablation.json").write_text(json.dumps({"epochs": args.epochs, "variants": results}, indent=2))
-            print(f"[{name}] val mIoU {100 * ev['miou']:.1f} after {minutes:.1f} min", flush=True)
+            print(f"[{key}] val mIoU {100 * ev['miou']:.1f} after {minutes:.1f} min", flush=True)
 
+    report(results, args.epochs)
+    if results:
+        plot(results, out / "ablation.png")
+        print(f"\nper-class plot: {out / 'ablation.png'}")
+    return 0
+
+
+def ordered(results: dict) -> list[str]:
+    """Keys in VARIANTS order, seed 0 first."""
+    order = list(VARIANTS)
+    return sorted(results, key=lambda k: (order.index(k.split("@")[0]), results[k].get("seed", 0)))
+
+
+def report(results: dict, epochs: int) -> None:
     print(f"\ncamvid-voc val (101 full-size images), fcn*_small w32, recipe of benchmarks/camvid_cpu.py, "
-          f"{args.epochs} epochs each\n")
-    print("| variant | geometry | GFLOPs 360x480 | train min | mIoU | pixel acc | mean acc | fwIoU | BF |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in VARIANTS:
-        if name not in results:
-            continue
-        r, e = results[name], results[name]["eval"]
-        print(f"| {r['model']} | {r['geometry']} | {r['gflops_360x480']:.1f} | {r['train_minutes']:.1f} | "
-              f"{100 * e['miou']:.1f} | {100 * e['pixel_acc']:.1f} | {100 * e['mean_acc']:.1f} | "
-              f"{100 * e['fwiou']:.1f} | {100 * e['bf']:.1f} |")
+          f"{epochs} epochs each\n")
+    print("| variant | geometry | seed | GFLOPs 360x480 | train min | mIoU | pixel acc | mean acc | fwIoU | BF |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key in ordered(results):
+        r, e = results[key], results[key]["eval"]
+        print(f"| {r['model']} | {r['geometry']} | {r.get('seed', 0)} | {r['gflops_360x480']:.1f} | "
+              f"{r['train_minutes']:.1f} | {100 * e['miou']:.1f} | {100 * e['pixel_acc']:.1f} | "
+              f"{100 * e['mean_acc']:.1f} | {100 * e['fwiou']:.1f} | {100 * e['bf']:.1f} |")
+    by_variant: dict[str, list[float]] = {}
+    for key in ordered(results):
+        by_variant.setdefault(key.split("@")[0], []).append(100 * results[key]["eval"]["miou"])
+    if any(len(v) > 1 for v in by_variant.values()):
+        print("\nmIoU over seeds (mean, and spread = max - min)")
+        print("| variant | runs | mean mIoU | spread |")
+        print("|---|---:|---:|---:|")
+        for name, v in by_variant.items():
+            print(f"| {name} | {len(v)} | {sum(v) / len(v):.1f} | {max(v) - min(v):.1f} |")
     if results:
         first = next(iter(results.values()))
         print("\nper-class IoU")
         print("| variant | " + " | ".join(first["class_names"]) + " |")
         print("|---|" + "---:|" * len(first["class_names"]))
-        for name in VARIANTS:
-            if name in results:
-                print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in results[name]["eval"]["iou"]) + " |")
-    if results:
-        plot(results, out / "ablation.png")
-        print(f"\nper-class plot: {out / 'ablation.png'}")
-    return 0
+        for key in ordered(results):
+            print(f"| {key} | " + " | ".join(f"{100 * v:.1f}" for v in results[key]["eval"]["iou"]) + " |")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -132,7 +152,7 @@ def plot(results: dict, path: Path) -> None:
 
     from fcnseg.report import _new_figure, _save
 
-    names = [n for n in VARIANTS if n in results]
+    names = [n for n in VARIANTS if n in results]  # seed 0 only: one bar per variant
     classes = results[names[0]]["class_names"] + ["mIoU"]
     x = np.arange(len(classes))
     width = 0.8 / len(names)
