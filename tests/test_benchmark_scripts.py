@@ -1,0 +1,50 @@
+"""The benchmark scripts' own logic (not their figures): the ablation must run exactly the
+CPU recipe with only the head, geometry or seed changed, and report what it measured."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import camvid_ablation as ablation  # noqa: E402
+import camvid_cpu  # noqa: E402
+
+
+@pytest.mark.parametrize("model", ["fcn32s_small", "fcn16s_small", "fcn8s_small"])
+def test_ablation_uses_the_recipe_with_only_the_model_changed(model):
+    args = ablation.recipe_for(model)
+    assert args[args.index("--model") + 1] == model
+    diff = [(a, b) for a, b in zip(camvid_cpu.RECIPE, args) if a != b]
+    assert len(args) == len(camvid_cpu.RECIPE)
+    assert all(b in (model, "10") for _, b in diff)  # the model, and validation every 10 epochs
+
+
+def test_ablation_variants_share_backbone_and_differ_as_named():
+    models = {name: v[0] for name, v in ablation.VARIANTS.items()}
+    assert {m.split("_")[1] for m in models.values()} == {"small"}
+    assert models["fcn32s"].startswith("fcn32s") and models["fcn16s"].startswith("fcn16s")
+    assert ablation.VARIANTS["fcn8s_caffe"][1] == "caffe" and ablation.VARIANTS["fcn8s"][1] == "modern"
+    assert ablation.VARIANTS["fcn8s_staged"][2] is True
+
+
+def _result(variant, seed, miou, model="fcn8s_small"):
+    return {"variant": variant, "seed": seed, "model": model, "geometry": "modern", "epochs": 30,
+            "train_minutes": 15.0, "gflops_360x480": 3.6, "class_names": ["a", "b"],
+            "eval": {"miou": miou, "pixel_acc": 0.8, "mean_acc": 0.7, "fwiou": 0.6, "bf": 0.4,
+                     "iou": [miou - 0.1, miou + 0.1]}}
+
+
+def test_ablation_report_orders_variants_and_summarises_seeds(capsys, tmp_path):
+    results = {"fcn8s@seed1": _result("fcn8s", 1, 0.52), "fcn32s": _result("fcn32s", 0, 0.48, "fcn32s_small"),
+               "fcn8s": _result("fcn8s", 0, 0.54)}
+    assert ablation.ordered(results) == ["fcn32s", "fcn8s", "fcn8s@seed1"]
+    ablation.report(results, 30)
+    out = capsys.readouterr().out
+    assert "| fcn32s_small | modern | 0 | 3.5 |" not in out  # GFLOPs come from the result, not made up
+    assert "| fcn32s_small | modern | 0 | 3.6 | 15.0 | 48.0 |" in out
+    assert "| fcn8s | 2 | 53.0 | 2.0 |" in out  # mean of 54 and 52, spread 2
+    assert "| fcn8s@seed1 | 42.0 | 62.0 |" in out
+    ablation.plot(results, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
