@@ -136,7 +136,8 @@ def report(results: dict, epochs: int) -> None:
         print("| variant | runs | mean mIoU | spread |")
         print("|---|---:|---:|---:|")
         for name, v in by_variant.items():
-            print(f"| {name} | {len(v)} | {sum(v) / len(v):.1f} | {max(v) - min(v):.1f} |")
+            spread = f"{max(v) - min(v):.1f}" if len(v) > 1 else "-"
+            print(f"| {name} | {len(v)} | {sum(v) / len(v):.1f} | {spread} |")
     if results:
         first = next(iter(results.values()))
         print("\nper-class IoU")

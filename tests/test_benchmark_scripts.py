@@ -45,6 +45,7 @@ def test_ablation_report_orders_variants_and_summarises_seeds(capsys, tmp_path):
     assert "| fcn32s_small | modern | 0 | 3.5 |" not in out  # GFLOPs come from the result, not made up
     assert "| fcn32s_small | modern | 0 | 3.6 | 15.0 | 48.0 |" in out
     assert "| fcn8s | 2 | 53.0 | 2.0 |" in out  # mean of 54 and 52, spread 2
+    assert "| fcn32s | 1 | 48.0 | - |" in out  # one run: no spread to report
     assert "| fcn8s@seed1 | 42.0 | 62.0 |" in out
     ablation.plot(results, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
