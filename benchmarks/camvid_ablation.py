@@ -151,13 +151,13 @@ def plot(results: dict, path: Path) -> None:
     """Per-class IoU bars, one colour per variant: where do the skips help?"""
     import numpy as np
 
-    from fcnseg.report import _new_figure, _save
+    from fcnseg.plots import new_figure, save_figure
 
     names = [n for n in VARIANTS if n in results]  # seed 0 only: one bar per variant
     classes = results[names[0]]["class_names"] + ["mIoU"]
     x = np.arange(len(classes))
     width = 0.8 / len(names)
-    fig = _new_figure(12, 4)
+    fig = new_figure(12, 4)
     ax = fig.add_subplot()
     for i, n in enumerate(names):
         e = results[n]["eval"]
@@ -168,7 +168,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title(f"camvid-voc val, {results[names[0]]['epochs']} epochs each, same recipe and seed")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,8 @@ def main() -> int:
     import torch
 
     from fcnseg.checkpoint import model_from_checkpoint
-    from fcnseg.crf import evaluate_crf_effect
     from fcnseg.data.datasets import open_dataset
-    from fcnseg.engine.evaluate import run_eval
+    from fcnseg.engine.evaluate import evaluate_crf_effect, run_eval
 
     torch.set_num_threads(2)
     best = out / "train" / "best.pt"

@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from fcnseg.bench import prepare_variant, random_model
     from fcnseg.models import count_flops
+    from fcnseg.sizes import size_pair
 
     torch.set_num_threads(args.threads)
-    h, _, w = args.size.partition("x")
-    size = (int(h), int(w or h))
+    size = size_pair(args.size, "--size")
     model = random_model(args.model, 21)
     x = torch.randn(1, 3, *size)
     flops = count_flops(model, size)

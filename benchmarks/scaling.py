@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fcnseg.api import resolve_device
     from fcnseg.bench import BenchConfig, bench_scaling
-    from fcnseg.bench_timing import environment
+    from fcnseg.bench.timing import environment
+    from fcnseg.engine.runtime import resolve_device
 
     threads = args.threads or len(os.sched_getaffinity(0))
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     repeats = args.repeats or (2 if args.quick else 3)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -37,7 +37,7 @@ def synthetic_voc(tmp_path_factory) -> Path:
 
 def save_palette_mask(labels: np.ndarray, path: Path, palette: Sequence[int] | None = None) -> None:
     """Write ``labels`` (H, W) as a 'P' PNG (VOC colours unless ``palette`` is a flat list)."""
-    from fcnseg.data.io import flat_palette
+    from fcnseg.data.image_files import flat_palette
 
     im = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.astype(np.uint8).tobytes())
     im.putpalette(list(palette) if palette is not None else flat_palette(None))

@@ -24,7 +24,7 @@ def model(ckpt):
 
 def _reference(model, image: np.ndarray) -> np.ndarray:
     """Labels computed directly with the module, normalised as in training."""
-    from fcnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from fcnseg.constants import IMAGENET_MEAN, IMAGENET_STD
 
     x = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
     x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
@@ -40,7 +40,7 @@ def test_load_model_sets_eval_mode_and_metadata(model):
 
 
 def test_load_model_without_names_or_palette_falls_back(tmp_path):
-    from fcnseg.data.io import default_palette
+    from fcnseg.data.image_files import default_palette
 
     m = fcnseg.load_model(save_tiny_checkpoint(tmp_path / "bare.pt", palette=None, class_names=None))
     assert m.class_names == [f"class_{i}" for i in range(5)]

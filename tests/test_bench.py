@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from fcnseg import bench
+from fcnseg.bench import variants
 from fcnseg.bench import BenchConfig, judge_targets, run_bench, target_values
 from fcnseg.models.fastpath import optimize_for_cpu_inference
-from fcnseg.bench_timing import Timing, fit_linear, time_callable
+from fcnseg.bench.timing import Timing, fit_linear, time_callable
 from fcnseg.models import count_flops
 
 TINY = dict(models=["fcn8s_small"], model_kwargs={"width": 8}, sizes=[(32, 48)], batch=1, threads=1,
@@ -203,7 +204,7 @@ def test_optional_backends_skip_with_reason(monkeypatch):
     x = torch.randn(1, 3, 32, 32)
     cpu = torch.device("cpu")
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(bench.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(variants.shutil, "which", lambda _name: None)
     with pytest.raises(bench.VariantSkipped, match="no C\\+\\+ compiler"):
         bench.prepare_variant("compile", model, x, cpu, 1)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("pydensecrf.densecrf")
 
-from fcnseg.crf import CRF_DEFAULTS, dense_crf, refine  # noqa: E402
+from fcnseg.infer.crf import CRF_DEFAULTS, dense_crf, refine  # noqa: E402
 from fcnseg.errors import ConfigError  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def test_missing_pydensecrf_gives_install_hint(monkeypatch):
 
 def test_evaluate_crf_effect_runs_on_a_dataset(synthetic_voc):
     from _predict_utils import tiny_model
-    from fcnseg.crf import evaluate_crf_effect
+    from fcnseg.engine.evaluate import evaluate_crf_effect
     from fcnseg.data.datasets import open_dataset
 
     ds = open_dataset(synthetic_voc, split="val")

@@ -1,4 +1,4 @@
-"""fcnseg.data.io: image/mask reading, refusals with clear messages, palettes."""
+"""fcnseg.data.image_files: image/mask reading, refusals with clear messages, palettes."""
 from __future__ import annotations
 
 import struct
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcnseg.data import io
+from fcnseg.data import image_files as io
 from fcnseg.errors import ConfigError, DataError
 
 

@@ -10,10 +10,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import random_pair, save_palette_mask
-from fcnseg.data import io
-from fcnseg.data.datasets import VOC_CLASSES, FolderPairs, VOCSegmentation, open_dataset
+from fcnseg.constants import VOC_CLASSES
+from fcnseg.data import image_files as io
+from fcnseg.data.datasets import open_dataset
+from fcnseg.data.folder_pairs import FolderPairs
+from fcnseg.data.voc import VOCSegmentation
 from fcnseg.data.synthetic import make_synthetic_voc
-from fcnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pad_collate
+from fcnseg.constants import IMAGENET_MEAN, IMAGENET_STD
+from fcnseg.data.transforms import pad_collate
 from fcnseg.errors import ConfigError, DataError
 
 

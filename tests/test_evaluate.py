@@ -87,7 +87,7 @@ def test_eval_refuses_checkpoint_for_other_class_count(synthetic_voc, tmp_path):
 
 
 def test_report_plots(tmp_path):
-    from fcnseg.report import plot_confusion_matrix, plot_training_curve
+    from fcnseg.plots import plot_confusion_matrix, plot_training_curve
 
     rows = [{"epoch": 1, "train_loss": 1.0, "val": {"miou": 0.2}},
             {"epoch": 2, "train_loss": 0.5, "val": {"miou": 0.4}}]

@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 import fcnseg  # noqa: E402
 from fcnseg.cli import main  # noqa: E402
 from fcnseg.export import ExportCheckError, _has_onnxscript, export_onnx  # noqa: E402
-from fcnseg.onnx_runtime import META_CLASS_NAMES, META_PALETTE, OnnxModel  # noqa: E402
+from fcnseg.infer.onnx_runner import META_CLASS_NAMES, META_PALETTE, OnnxModel  # noqa: E402
 
 from _predict_utils import CLASS_NAMES, PALETTE, save_tiny_checkpoint, smooth_image, write_image  # noqa: E402
 

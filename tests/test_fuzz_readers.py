@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from conftest import save_palette_mask
-from fcnseg.data import io
-from fcnseg.data.datasets import FolderPairs, VOCSegmentation
+from fcnseg.data import image_files as io
+from fcnseg.data.folder_pairs import FolderPairs
+from fcnseg.data.voc import VOCSegmentation
 from fcnseg.errors import DataError
 
 NUM_CLASSES = 4

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 import fcnseg
-from fcnseg import visualize
+from fcnseg.infer import visualize
 from fcnseg.cli import main
-from fcnseg.data.io import IGNORE_INDEX, default_palette, read_mask
+from fcnseg.constants import IGNORE_INDEX
+from fcnseg.data.image_files import default_palette, read_mask
 from fcnseg.predict import collect_inputs, safe_name
 
 from _predict_utils import CLASS_NAMES, PALETTE, save_tiny_checkpoint, smooth_image, write_image

@@ -141,7 +141,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_last_good_checkpoint(synthetic_voc, tmp_path, monkeypatch):
-    import fcnseg.engine.train as train_mod
+    import fcnseg.engine.trainer as train_mod
 
     calls = {"n": 0}
     real_loss = train_mod.segmentation_loss

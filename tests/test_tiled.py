@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fcnseg.errors import ConfigError
-from fcnseg.inference import (AUTO_TILE, AUTO_TILE_PIXELS, predict_logits, predict_tiled,
-                              resolve_tiling, segment_array, tile_grid, window_1d)
+from fcnseg.infer.segment import (AUTO_TILE, AUTO_TILE_PIXELS, predict_logits, predict_tiled,
+                                  resolve_tiling, segment_array, tile_grid, window_1d)
 
 from _predict_utils import smooth_image, tiny_model
 
@@ -112,7 +112,7 @@ def test_resolve_tiling_auto_and_defaults():
 
 
 def test_segment_array_auto_tiles_large_images(monkeypatch):
-    import fcnseg.inference as inf
+    import fcnseg.infer.segment as inf
 
     runner = PointwiseRunner()
     image = smooth_image(300, 200)
@@ -129,7 +129,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     import numpy as np, torch
     import torch.nn.functional as F
     from torch import nn
-    from fcnseg.inference import predict_tiled
+    from fcnseg.infer.segment import predict_tiled
 
     torch.set_num_threads(2)
 

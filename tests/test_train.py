@@ -135,7 +135,7 @@ def test_staged_training_and_upgrade_init(synthetic_voc, tmp_path):
     assert set(json.loads((out / "summary.json").read_text())["stages"]) == {"32s", "16s"}
 
     # --init upgrades a 32s checkpoint to 8s, copying the shared weights
-    from fcnseg.engine.train import _load_init
+    from fcnseg.engine.model_setup import load_init as _load_init
 
     ck = load_checkpoint(out / "32s" / "best.pt")
     m8 = _load_init(str(out / "32s" / "best.pt"), "fcn8s_small", 4)
@@ -146,7 +146,7 @@ def test_staged_training_and_upgrade_init(synthetic_voc, tmp_path):
 
 
 def test_staged_time_budget_then_resume(synthetic_voc, tmp_path):
-    from fcnseg.engine.train import load_run_config
+    from fcnseg.engine.run_dir import load_run_config
 
     out = tmp_path / "staged"
     train(tiny_cfg(synthetic_voc, out, stages=["32s", "16s"], iters=2, max_minutes=1e-4))

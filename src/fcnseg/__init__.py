@@ -10,7 +10,7 @@ Public API::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from fcnseg.version import __version__
 
 __all__ = ["__version__", "list_models", "build_model", "load_model", "segment"]
 
@@ -18,11 +18,11 @@ __all__ = ["__version__", "list_models", "build_model", "load_model", "segment"]
 def __getattr__(name: str):
     # Lazy: `import fcnseg` stays cheap, and the ONNX runtime path never imports torch models.
     if name in ("list_models", "build_model"):
-        from fcnseg import models
+        from fcnseg import models  # lazy: see above
 
         return getattr(models, name)
     if name in ("load_model", "segment"):
-        from fcnseg import api
+        from fcnseg import api  # lazy: see above
 
         return getattr(api, name)
     raise AttributeError(f"module 'fcnseg' has no attribute {name!r}")

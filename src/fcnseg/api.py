@@ -6,7 +6,8 @@
     labels, probs = fcnseg.segment(model, pil_image, return_probs=True)   # probs (C, H, W)
     model.class_names, model.palette                            # from the checkpoint
 
-Images of any size are segmented at their own size (never resized).
+Images of any size are segmented at their own size (never resized). The work is done by
+:mod:`fcnseg.infer` (api -> infer, never the reverse).
 """
 from __future__ import annotations
 
@@ -14,96 +15,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from fcnseg.errors import ConfigError
-
-
-class TorchRunner:
-    """Adapts an fcnseg ``nn.Module`` to the numpy runner interface of :mod:`fcnseg.inference`.
-
-    ``runner(x)``: float32 (B, 3, h, w) normalised numpy -> float32 (B, C, h, w) numpy logits,
-    computed on the model's device under ``torch.inference_mode``.
-    """
-
-    is_fcnseg_runner = True
-
-    def __init__(self, model, device: str | None = None):
-        import torch
-
-        self.model = model.eval()
-        param = next(model.parameters(), None)
-        self.device = torch.device(device) if device else (param.device if param is not None
-                                                           else torch.device("cpu"))
-        self.dtype = param.dtype if param is not None else torch.float32
-        cfg = getattr(model, "fcn_config", {}) or {}
-        self.num_classes = int(getattr(model, "num_classes", None) or cfg["num_classes"])
-        self.class_names = getattr(model, "class_names", None)
-        self.palette = getattr(model, "palette", None)
-
-        self._fast = None  # CPU fast path, built on first use
-
-    def _runnable(self):
-        """The module to run: on CPU in fp32, a prepacked copy (1.4-1.6x faster, same numbers)."""
-        import os
-
-        import torch
-
-        from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference
-
-        if self.device.type != "cpu" or self.dtype != torch.float32 or os.environ.get("FCNSEG_EAGER"):
-            return self.model
-        if self._fast is None:
-            # Unavailable (no oneDNN ops in this torch build): eager is correct, only slower.
-            self._fast = self.model if fastpath_unavailable() else optimize_for_cpu_inference(self.model, (64, 64))
-        return self._fast
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
-            try:
-                out = self._runnable()(t)
-            except torch.OutOfMemoryError:
-                raise MemoryError(f"out of memory segmenting a {x.shape[2]}x{x.shape[3]} image on "
-                                  f"{self.device}; use tiled inference (--tile auto / tile=...)") from None
-        return out.float().cpu().numpy()
-
-
-def resolve_device(device: str | None) -> str:
-    """``"auto"`` -> cuda if available else cpu; others are checked to exist."""
-    import torch
-
-    device = device or "cpu"
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a valid torch device (cpu, cuda, cuda:1, ...)") from None
-    return device
+from fcnseg.data.image_files import default_palette
+from fcnseg.infer.arrays import as_rgb_array
+from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.segment import segment_array
+from fcnseg.labels import class_names_or_default
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Load an fcnseg checkpoint as a model ready for inference (eval mode, on ``device``).
 
     The model carries ``class_names`` (list of str), ``palette`` (list of (r, g, b)) and
-    ``num_classes``. A ``.onnx`` file gives an :class:`fcnseg.onnx_runtime.OnnxModel` with
-    the same attributes (torch is then not used to run it).
+    ``num_classes``. A ``.onnx`` file gives an :class:`fcnseg.infer.onnx_runner.OnnxModel`
+    with the same attributes (torch is then never imported). ``device``: ``cpu``, ``cuda``,
+    ``cuda:N`` or ``auto`` (see :func:`fcnseg.engine.runtime.resolve_device`).
     """
-    from fcnseg.inference import class_names_or_default
-
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        from fcnseg.onnx_runtime import OnnxModel
-
         return OnnxModel(path, device=device)
+    # Lazy: the torch stack is needed for .pt checkpoints only; .onnx models never import torch.
     from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.data.io import default_palette
+    from fcnseg.engine.runtime import resolve_device
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
@@ -116,36 +48,15 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     return model.to(resolve_device(device)).eval()
 
 
-def as_rgb_array(image: Any) -> np.ndarray:
-    """A PIL image, a uint8 (H, W, 3) / (H, W) array, or a path -> contiguous uint8 (H, W, 3)."""
-    if isinstance(image, (str, os.PathLike)):
-        from fcnseg.data.io import read_image
-
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"image array must be (H, W, 3) RGB, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8 0..255, got {a.dtype}; "
-                         f"convert with (x * 255).round().astype(numpy.uint8) if it is 0..1 float")
-    return np.ascontiguousarray(a[..., :3])
-
-
 def segment(model, image: Any, *, return_probs: bool = False, tile: int | str | None = None,
             overlap: int | None = None, crf: bool | dict = False):
     """Segment one image at its own size.
 
     ``image``: PIL image, uint8 (H, W, 3) array or a path. ``tile``: None (whole image),
-    an int tile size (``overlap`` default tile/8), or ``"auto"`` (tiles only above a pixel
+    an int tile size (``overlap`` default tile/4), or ``"auto"`` (tiles only above a pixel
     budget; bounded memory for huge images). ``crf``: True or a dict of
-    :func:`fcnseg.crf.dense_crf` keywords. Returns labels ``np.uint8 (H, W)``, or
+    :func:`fcnseg.infer.crf.dense_crf` keywords. Returns labels ``np.uint8 (H, W)``, or
     ``(labels, probs float32 (C, H, W))`` with ``return_probs``.
     """
-    from fcnseg.inference import segment_array
-
     return segment_array(model, as_rgb_array(image), tile=tile, overlap=overlap, crf=crf,
                          return_probs=return_probs)

@@ -11,6 +11,9 @@ import argparse
 import importlib
 import sys
 
+from fcnseg.errors import FcnsegError
+from fcnseg.version import __version__
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("fcnseg.models.table", "list registered models (parameters, GFLOPs)"),
@@ -18,15 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fcnseg.engine.evaluate", "evaluate a checkpoint (confusion matrix, mIoU, BF score)"),
     "predict": ("fcnseg.predict", "segment images: palette PNGs, overlays, heatmaps"),
     "export": ("fcnseg.export", "export a checkpoint to ONNX, checked against PyTorch"),
-    "bench": ("fcnseg.bench", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
+    "bench": ("fcnseg.bench.cli", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fcnseg import __version__
-
+    """The ``fcnseg`` parser; only the command named in ``sys.argv`` gets its options (see above)."""
     parser = argparse.ArgumentParser(prog="fcnseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``fcnseg`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser = build_parser()
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if getattr(args, "deterministic", False):
+        # Lazy, per command: rng imports torch, which the other commands may not need.
         from fcnseg.engine.rng import reproducible_mkl
 
         reproducible_mkl()  # before any computation: MKL reads it once, at its first call
@@ -60,9 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     except FcnsegError as e:  # user-facing errors: one clear line, no traceback
         print(f"fcnseg {args.command}: error: {e}", file=sys.stderr)
         return 2
-
-
-from fcnseg.errors import FcnsegError  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,13 @@ import os
 import time
 from pathlib import Path
 
+from fcnseg.data.synthetic import make_synthetic_voc
+from fcnseg.engine.config import TrainConfig
+from fcnseg.engine.evaluate import run_eval
+from fcnseg.engine.train import train
 from fcnseg.errors import ConfigError
+from fcnseg.outputs import atomic_write_text, prepare_output_dir
+from fcnseg.predict import Outputs, load_runner, run
 
 DEFAULT_OUT = "runs/demo"
 
@@ -26,12 +32,6 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, minutes: float = 6.0, over
              size: tuple[int, int] = (96, 128), width: int = 16, epochs: int = 25,
              n_examples: int = 6, progress: bool = True) -> dict:
     """Run the demo into ``out``; returns a summary dict (also written as ``summary.json``)."""
-    from fcnseg.data.synthetic import make_synthetic_voc
-    from fcnseg.engine.config import TrainConfig
-    from fcnseg.engine.evaluate import run_eval
-    from fcnseg.engine.train import train
-    from fcnseg.fileio import atomic_write_text, prepare_output_dir
-
     t0 = time.time()
     out = prepare_output_dir(out, overwrite=overwrite, what="demo output")
     _say(f"[1/5] generating a synthetic VOC-layout dataset ({n_train} train / {n_val} val images, "
@@ -73,8 +73,6 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, minutes: float = 6.0, over
 
 
 def _predict_examples(checkpoint: Path, data: Path, out: Path, n: int) -> list[str]:
-    from fcnseg.predict import Outputs, load_runner, run
-
     ids = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:n]
     files = [data / "JPEGImages" / f"{i}.jpg" for i in ids]
     model = load_runner(str(checkpoint), "torch", "cpu")
@@ -87,8 +85,6 @@ def _predict_examples(checkpoint: Path, data: Path, out: Path, n: int) -> list[s
 
 
 def _write_report(out: Path, run_dir: Path, result: dict, examples: list[str], summary: dict) -> Path:
-    from fcnseg.fileio import atomic_write_text
-
     names, iou, acc = result["class_names"], result["iou"], result["acc"]
     bf = result.get("bf_per_class") or [None] * len(names)
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731 - paths relative to the report

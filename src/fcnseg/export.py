@@ -2,7 +2,7 @@
 
 The exported graph takes ``image`` float32 (B, 3, H, W), ImageNet-normalised, and
 returns ``logits`` float32 (B, C, H, W); B, H and W are dynamic. Class names, palette
-and the model config go into ``metadata_props`` (keys in :mod:`fcnseg.onnx_runtime`),
+and the model config go into ``metadata_props`` (keys in :mod:`fcnseg.infer.onnx_runner`),
 so ``fcnseg predict --runtime onnx`` can write palette PNGs and overlays from the
 .onnx file alone.
 
@@ -33,10 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fcnseg.api import load_model
+from fcnseg.constants import IMAGENET_MEAN, IMAGENET_STD
 from fcnseg.errors import ConfigError, FcnsegError
-from fcnseg.onnx_runtime import (INPUT_NAME, META_CLASS_NAMES, META_FORMAT, META_MODEL,
-                                 META_NORMALIZATION, META_PALETTE, META_VERSION, ONNX_FORMAT,
-                                 OUTPUT_NAME)
+from fcnseg.infer.onnx_runner import (INPUT_NAME, META_CLASS_NAMES, META_FORMAT, META_MODEL,
+                                      META_NORMALIZATION, META_PALETTE, META_VERSION, ONNX_FORMAT,
+                                      OUTPUT_NAME, import_onnxruntime)
+from fcnseg.outputs import atomic_write
+from fcnseg.version import __version__
 
 # (B, H, W) checked after export: odd, non-multiple-of-32 sizes and a batch of 2.
 # The tiny one catches size-dependent branches (e.g. padding small inputs) baked in by tracing.
@@ -59,7 +63,7 @@ class CheckResult:
 
 
 @dataclass
-class ExportReport:
+class ExportResult:
     path: Path
     exporter: str
     opset: int
@@ -104,36 +108,34 @@ def cli_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: use a .onnx file name")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    report = export_onnx(args.checkpoint, out, opset=args.opset, exporter=args.exporter,
+    result = export_onnx(args.checkpoint, out, opset=args.opset, exporter=args.exporter,
                          rtol=args.rtol, min_agreement=args.min_agreement)
-    for note in report.notes:
+    for note in result.notes:
         print(f"fcnseg export: note: {note}")
-    print(report.summary())
+    print(result.summary())
     return 0
 
 
 def export_onnx(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, *, opset: int = 17,
                 exporter: str = "auto", rtol: float = DEFAULT_RTOL,
                 min_agreement: float = DEFAULT_MIN_AGREEMENT,
-                check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportReport:
-    """Export an fcnseg checkpoint to ``out`` (atomically) and verify it; returns the report.
+                check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportResult:
+    """Export an fcnseg checkpoint to ``out`` (atomically) and verify it; returns what was done and checked.
 
     Raises :class:`ExportCheckError` (and writes nothing) if onnxruntime disagrees with
     PyTorch beyond the tolerances, CheckpointError/ConfigError for bad inputs.
     """
-    from fcnseg.api import load_model
-
     if isinstance(checkpoint, dict):
         raise ConfigError("export_onnx takes a checkpoint path")
     model = load_model(checkpoint, device="cpu")
     meta = {
         META_FORMAT: ONNX_FORMAT,
-        META_VERSION: _version(),
+        META_VERSION: __version__,
         META_CLASS_NAMES: json.dumps(list(model.class_names)),
         META_PALETTE: json.dumps([list(c) for c in model.palette]),
         META_MODEL: json.dumps(getattr(model, "fcn_config", {})),
-        META_NORMALIZATION: json.dumps({"scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
-                                        "std": [0.229, 0.224, 0.225]}),
+        META_NORMALIZATION: json.dumps({"scale": 1 / 255, "mean": list(IMAGENET_MEAN),
+                                        "std": list(IMAGENET_STD)}),
     }
     return export_model(model, out, metadata=meta, opset=opset, exporter=exporter, rtol=rtol,
                         min_agreement=min_agreement, check_shapes=check_shapes)
@@ -142,10 +144,8 @@ def export_onnx(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, *,
 def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: dict[str, str],
                  opset: int = 17, exporter: str = "auto", rtol: float = DEFAULT_RTOL,
                  min_agreement: float = DEFAULT_MIN_AGREEMENT,
-                 check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportReport:
+                 check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportResult:
     """Export ``model`` (eval mode, CPU), check it, and write it with ``metadata`` atomically."""
-    from fcnseg.fileio import atomic_write
-
     out = Path(out)
     model = model.eval().cpu()
     if exporter == "auto":
@@ -180,18 +180,18 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: di
             continue
         with atomic_write(out, "wb") as f:
             f.write(proto_bytes)
-        return ExportReport(out, name, used_opset, checks, notes)
+        return ExportResult(out, name, used_opset, checks, notes)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
 class _ExportFailed(Exception):
-    """torch.onnx.export itself failed (message kept for the report)."""
+    """torch.onnx.export itself failed (message kept for the result's notes)."""
 
 
 def _export_bytes(model: torch.nn.Module, exporter: str, opset: int,
                   metadata: dict[str, str]) -> tuple[bytes, int]:
     """Serialised ONNX model with dynamic B/H/W and ``metadata`` in metadata_props."""
-    import onnx
+    import onnx  # optional dependency (fcnseg[onnx]): only exports need it
 
     n = getattr(model, "num_classes", None)
     # An example input of a size that is not a multiple of the stride, so that the
@@ -234,9 +234,7 @@ def _export_bytes(model: torch.nn.Module, exporter: str, opset: int,
 def verify(model: torch.nn.Module, proto_bytes: bytes,
            shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES, seed: int = 0) -> list[CheckResult]:
     """Run PyTorch and onnxruntime on random inputs of each (B, H, W); compare logits."""
-    from fcnseg.onnx_runtime import _import_ort
-
-    ort = _import_ort()
+    ort = import_onnxruntime()
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors are raised to us; keep onnxruntime's log quiet
@@ -275,7 +273,7 @@ def _judge(checks: list[CheckResult], rtol: float, min_agreement: float, exporte
 
 def _has_onnxscript() -> bool:
     try:
-        import onnxscript  # noqa: F401
+        import onnxscript  # noqa: F401  (optional dependency: the dynamo exporter needs it)
     except ImportError:
         return False
     return True
@@ -293,10 +291,4 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-def _version() -> str:
-    from fcnseg import __version__
-
-    return __version__
-
-
-__all__ = ["export_onnx", "export_model", "verify", "ExportReport", "CheckResult", "ExportCheckError"]
+__all__ = ["export_onnx", "export_model", "verify", "ExportResult", "CheckResult", "ExportCheckError"]

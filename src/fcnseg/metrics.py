@@ -16,6 +16,9 @@ import math
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
+
+from fcnseg.constants import IGNORE_INDEX
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -25,8 +28,6 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over DDP processes (moved to CUDA for NCCL); returns the reduced tensor."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return t
     if dist.get_backend() == "nccl" and t.device.type != "cuda":
@@ -43,7 +44,7 @@ class ConfusionMatrix:
     Pixels whose target equals ``ignore_index`` are not counted. Counts are int64.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -98,8 +99,6 @@ class ConfusionMatrix:
 
     def reduce_(self) -> None:
         """Sum the matrices of all DDP processes (once; no-op without torch.distributed)."""
-        import torch.distributed as dist
-
         if self._reduced or not (dist.is_available() and dist.is_initialized()):
             return
         if self.matrix is None:  # a process with no data still has to join the collective
@@ -236,7 +235,7 @@ class BoundaryF1:
     """
 
     def __init__(self, num_classes: int, tolerance_px: float | None = None,
-                 tolerance_frac: float = 0.0075, ignore_index: int = 255):
+                 tolerance_frac: float = 0.0075, ignore_index: int = IGNORE_INDEX):
         self.num_classes = int(num_classes)
         self.tolerance_px, self.tolerance_frac = tolerance_px, tolerance_frac
         self.ignore_index = ignore_index
@@ -293,8 +292,6 @@ class BoundaryF1:
 
     def reduce_(self) -> None:
         """Sum the accumulators of all DDP processes (once)."""
-        import torch.distributed as dist
-
         if self._reduced or not (dist.is_available() and dist.is_initialized()):
             return
         both = _all_reduce_sum(torch.stack([self.sum, self.count]))

@@ -10,9 +10,9 @@ Per input ``<stem>`` (same size as the input, never resized):
   ground truth read from ``DIR/<stem>.png``.
 
 Runtimes: ``torch`` (an fcnseg checkpoint) or ``onnx`` (a file from ``fcnseg export``,
-run with onnxruntime; this path never imports torch, so this module imports torch
-only inside the torch branch). Unreadable inputs are reported and skipped; the exit
-code is 1 if any failed.
+run with onnxruntime; this path never imports torch, so this module imports the torch
+stack only inside the torch branch). The work is done by :mod:`fcnseg.infer`.
+Unreadable inputs are reported and skipped; the exit code is 1 if any failed.
 """
 from __future__ import annotations
 
@@ -24,12 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from fcnseg.constants import IMAGE_SUFFIXES
+from fcnseg.data.image_files import read_image, read_mask, write_palette_png
 from fcnseg.errors import ConfigError, FcnsegError
-from fcnseg.inference import (AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, class_names_or_default,
-                              default_overlap, predict_tiled, segment_array)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+from fcnseg.infer import visualize
+from fcnseg.infer.crf import require_pydensecrf
+from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.segment import AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, default_overlap, segment_array
+from fcnseg.labels import class_names_or_default
+from fcnseg.outputs import atomic_save_image, prepare_output_dir
 # Per-file failures that mean "this input is bad", not "fcnseg has a bug": reported and skipped.
 _FILE_ERRORS = (FcnsegError, OSError, MemoryError)
 
@@ -83,10 +88,8 @@ def cli_main(args: argparse.Namespace) -> int:
     _check_unique_stems(files)
     model = load_runner(args.checkpoint, args.runtime, args.device)
     if args.crf:
-        from fcnseg.crf import require_pydensecrf
-
         require_pydensecrf()  # fail before any work, not on the first image
-    out_dir = _prepare_out(args.out, args.overwrite)
+    out_dir = prepare_output_dir(args.out, overwrite=args.overwrite, what="prediction output")
     opts = Outputs(out_dir, args.alpha, args.heatmaps, Path(args.gt) if args.gt else None,
                    args.crf, tile, args.overlap, failures)
     n_bad_args = len(failures)  # arguments that named no image count as failed files
@@ -105,8 +108,6 @@ def cli_main(args: argparse.Namespace) -> int:
 
 def run(model, files: list[Path], opts: Outputs) -> None:
     """Segment ``files`` and write their outputs; failures are appended to ``opts.failures``."""
-    from tqdm import tqdm
-
     bar = tqdm(files, desc="predict", unit="img", disable=None, file=sys.stderr)
     for path in bar:
         try:
@@ -119,10 +120,6 @@ def run(model, files: list[Path], opts: Outputs) -> None:
 
 def predict_file(model, path: Path, opts: Outputs) -> None:
     """Segment one image file and write all requested outputs (each atomically)."""
-    from fcnseg.data.io import read_image, read_mask, write_palette_png
-    from fcnseg.fileio import atomic_save_image
-    from fcnseg import visualize
-
     image = read_image(path)  # uint8 (H, W, 3)
     n = model.num_classes
     gt = None
@@ -162,12 +159,12 @@ def load_runner(path: str, runtime: str | None, device: str):
         if not is_onnx:
             raise ConfigError(f"--runtime onnx needs a .onnx model, got {path}; create one with "
                               f"`fcnseg export --checkpoint {path} --out model.onnx`")
-        from fcnseg.onnx_runtime import OnnxModel
-
         return OnnxModel(path_, device=device)
     if is_onnx:
         raise ConfigError(f"{path} is an ONNX model; run it with --runtime onnx (or give a .pt checkpoint)")
-    from fcnseg.api import TorchRunner, load_model
+    # Lazy: the torch stack loads only for a torch checkpoint (the ONNX path never imports torch).
+    from fcnseg.api import load_model
+    from fcnseg.infer.torch_runner import TorchRunner
 
     return TorchRunner(load_model(path_, device=device))
 
@@ -238,11 +235,4 @@ def _parse_tile(tile: str | None, overlap: int | None) -> int | str | None:
     return t
 
 
-def _prepare_out(out: str, overwrite: bool) -> Path:
-    from fcnseg.fileio import prepare_output_dir
-
-    return prepare_output_dir(out, overwrite=overwrite, what="prediction output")
-
-
-__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "predict_file", "predict_tiled",
-           "load_runner", "run"]
+__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "predict_file", "load_runner", "run"]

@@ -1,19 +1,20 @@
-"""Data: image/mask reading, datasets, paired transforms, a synthetic dataset, VOC download.
+"""Data: image/mask files, datasets, paired transforms, a synthetic dataset, VOC download.
 
-Submodules: ``io`` (read_image, read_mask, write_palette_png, default_palette),
-``datasets`` (open_dataset, VOCSegmentation, FolderPairs), ``transforms`` (paired
-transforms, train_transforms, eval_transforms, pad_collate), ``synthetic``
-(make_synthetic_voc) and ``download``. The names below are re-exported lazily so that
-``import fcnseg.data.io`` stays light (no torch import).
+Submodules: ``image_files`` (read_image, read_mask, write_palette_png, default_palette),
+``datasets`` (open_dataset) over the layouts ``voc`` (VOCSegmentation) and ``folder_pairs``
+(FolderPairs), both on ``base`` (SegmentationDataset), ``transforms`` (paired transforms,
+train_transforms, eval_transforms, pad_collate), ``synthetic`` (make_synthetic_voc) and
+``download``. The names below are re-exported lazily so that ``import fcnseg.data`` and
+``fcnseg.data.image_files`` stay light (no torch import).
 """
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "read_image": "io", "read_mask": "io", "write_palette_png": "io", "default_palette": "io",
-    "open_dataset": "datasets", "SegmentationDataset": "datasets", "VOCSegmentation": "datasets",
-    "FolderPairs": "datasets", "train_transforms": "transforms", "eval_transforms": "transforms",
+    "read_image": "image_files", "read_mask": "image_files", "write_palette_png": "image_files",
+    "default_palette": "image_files", "open_dataset": "datasets", "SegmentationDataset": "base",
+    "VOCSegmentation": "voc", "FolderPairs": "folder_pairs", "train_transforms": "transforms", "eval_transforms": "transforms",
     "pad_collate": "transforms", "make_synthetic_voc": "synthetic",
 }
 

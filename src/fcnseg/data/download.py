@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fcnseg.errors import ConfigError, DataError
-from fcnseg.fileio import atomic_write_text
+from fcnseg.outputs import atomic_write_text
 
 
 @dataclass(frozen=True)

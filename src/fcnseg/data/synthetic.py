@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fcnseg.data.io import IGNORE_INDEX, flat_palette
+from fcnseg.constants import IGNORE_INDEX
+from fcnseg.data.image_files import flat_palette
 from fcnseg.errors import ConfigError
-from fcnseg.fileio import atomic_write_text
+from fcnseg.outputs import atomic_write_text
 
 # class index -> (name, typical RGB colour); index 0 is the background.
 SHAPES: list[tuple[str, tuple[int, int, int]]] = [

@@ -17,11 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fcnseg.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from fcnseg.errors import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
+from fcnseg.sizes import size_pair
 
 PairTransform = Callable[[object, object], tuple]
 
@@ -34,20 +32,6 @@ def _as_arrays(image, mask) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"expected image (H, W, 3) and mask (H, W) of the same size, got "
                          f"{image.shape} and {mask.shape}")
     return image, mask
-
-
-def _pair_size(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    """``512`` or ``(h, w)`` -> ``(h, w)``, both >= 1."""
-    if isinstance(value, (int, np.integer)):
-        h = w = int(value)
-    else:
-        try:
-            h, w = (int(v) for v in value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{what} must be an int or (height, width), got {value!r}") from None
-    if h < 1 or w < 1:
-        raise ConfigError(f"{what} must be >= 1, got {value!r}")
-    return h, w
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
@@ -109,7 +93,7 @@ class PadIfNeeded:
     """
 
     def __init__(self, h: int, w: int, image_value: int = 0, mask_value: int = IGNORE_INDEX):
-        self.h, self.w = _pair_size((h, w), "PadIfNeeded size")
+        self.h, self.w = size_pair((h, w), "PadIfNeeded size")
         self.image_value, self.mask_value = image_value, mask_value
 
     def __call__(self, image, mask):
@@ -128,7 +112,7 @@ class RandomCrop:
     """Crop the same random ``(h, w)`` window from both; pads first (0 / 255) if smaller."""
 
     def __init__(self, h: int, w: int, generator: torch.Generator | None = None):
-        self.h, self.w = _pair_size((h, w), "RandomCrop size")
+        self.h, self.w = size_pair((h, w), "RandomCrop size")
         self.pad = PadIfNeeded(self.h, self.w)
         self.generator = generator
 
@@ -194,7 +178,7 @@ def train_transforms(crop_size: int | Sequence[int], scale: tuple[float, float] 
     ``crop_size`` is an int or ``(h, w)``; ``scale=None`` disables rescaling.
     Output: image float32 (3, h, w), mask int64 (h, w).
     """
-    h, w = _pair_size(crop_size, "crop_size")
+    h, w = size_pair(crop_size, "crop_size")
     ts: list[PairTransform] = []
     if scale is not None:
         ts.append(RandomScale(*scale))

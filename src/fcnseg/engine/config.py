@@ -7,6 +7,7 @@ and stored in every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from fcnseg.engine.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 from fcnseg.engine.runtime import AMP_MODES
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.models import list_models
 
 MODEL_NAME = re.compile(r"fcn(32|16|8)s_(\w+)")
 STAGES = ("32s", "16s", "8s")
@@ -89,8 +91,6 @@ def split_model_name(name: str) -> tuple[str, str]:
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Check every setting cheaply (before any work) and fill in defaults; returns a copy."""
-    from fcnseg.models import list_models
-
     cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs),
                               stages=list(cfg.stages) if cfg.stages else None)
     if not cfg.data:
@@ -102,8 +102,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("--out is required (the run directory)")
     models = list_models()
     if cfg.model not in models:
-        import difflib
-
         close = difflib.get_close_matches(cfg.model, models, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError(f"unknown --model {cfg.model!r}; {hint}available: {', '.join(models)}")

@@ -5,7 +5,8 @@
 starts a process group: ``nccl`` when training on CUDA, ``gloo`` on CPU. Without those
 variables everything runs in one process and the helpers below are no-ops.
 
-One :func:`is_main_process` (rank 0) gates printing and saving.
+One :func:`is_main_process` (rank 0) gates printing (:func:`log_main`) and saving
+(:func:`run_on_main` for work whose errors every rank must see).
 
 Evaluation is sharded with :class:`ShardSampler`: each rank gets a contiguous, disjoint
 slice of the split, with no padding and no duplicates, so the all-reduced confusion
@@ -17,13 +18,16 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from fcnseg.errors import ConfigError
+from fcnseg import errors
+from fcnseg.errors import ConfigError, FcnsegError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -143,3 +147,35 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in single-process runs)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def log_main(msg: str) -> None:
+    """Print ``msg`` on the main process only."""
+    if is_main_process():
+        print(msg, flush=True)
+
+
+def run_on_main(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only; every rank raises rank 0's FcnsegError (so none hangs in a collective).
+
+    Returns ``fn``'s result on rank 0 and None elsewhere.
+    """
+    result, err = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except FcnsegError as e:
+            err = (type(e).__name__, str(e))
+    err = broadcast_object(err)
+    if err is not None:
+        raise getattr(errors, err[0], ConfigError)(err[1])
+    return result

@@ -8,6 +8,7 @@ rank evaluates a disjoint slice of the split (:class:`~fcnseg.engine.distributed
 and the matrix is all-reduced once, so the result equals a single-process run.
 
 Optionally also the boundary F1 score (BF, Csurka et al. 2013), slower.
+:func:`evaluate_crf_effect` scores a dataset with and without dense-CRF refinement.
 
 Usage::
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -29,17 +29,27 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.constants import IGNORE_INDEX
+from fcnseg.data.datasets import open_dataset
+from fcnseg.data.image_files import read_image, read_mask
+from fcnseg.data.transforms import eval_transforms, pad_collate
 from fcnseg.engine import distributed as D
 from fcnseg.engine.runtime import AMP_MODES, autocast, resolve_amp, resolve_device
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.infer.crf import dense_crf, require_pydensecrf
+from fcnseg.infer.segment import segment_array
+from fcnseg.jsonl import json_safe
+from fcnseg.metrics import BoundaryF1, ConfusionMatrix, format_table
+from fcnseg.outputs import atomic_write_text, prepare_output_dir
+from fcnseg.plots import plot_confusion_matrix
 
 
 def make_eval_loader(ds: Dataset, *, batch_size: int, workers: int, device: torch.device,
                      persistent: bool = False) -> DataLoader:
     """Sharded (under DDP), ordered, unpadded loader of full-size images with ``pad_collate``."""
-    from fcnseg.data.transforms import pad_collate
-
     return DataLoader(ds, batch_size=batch_size, sampler=D.ShardSampler(len(ds)), num_workers=workers,
                       collate_fn=pad_collate, pin_memory=device.type == "cuda",
                       persistent_workers=persistent and workers > 0,
@@ -60,17 +70,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, devic
     ``num_images``, ``seconds``, and ``bf`` / ``bf_per_class`` when ``bf=True``. Under DDP the matrix (and BF
     accumulator) are all-reduced once; every rank gets the same result.
     """
-    from fcnseg.metrics import BoundaryF1, ConfusionMatrix
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=255)
+    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
     bf_acc = BoundaryF1(num_classes) if bf else None
     n_images = 0
     t0 = time.perf_counter()
-    from tqdm import tqdm
-
     for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and D.is_main_process()) or None,
                      dynamic_ncols=True):
         x = x.to(device, non_blocking=True)  # (B, 3, H, W)
@@ -116,21 +122,7 @@ def _plain(x):
 
 def scores_table(result: dict, class_names: Sequence[str]) -> str:
     """Per-class IoU / accuracy table followed by the summary scores."""
-    from fcnseg.metrics import format_table
-
     return format_table(result, class_names)
-
-
-def json_safe(v):
-    """``v`` with NaN/inf floats replaced by None, so that ``json.dumps`` writes strict JSON
-    (undefined scores, e.g. the IoU of a class absent from labels and predictions)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: json_safe(u) for k, u in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(u) for u in v]
-    return v
 
 
 def to_json(result: dict) -> str:
@@ -138,7 +130,39 @@ def to_json(result: dict) -> str:
     return json.dumps(json_safe(result), indent=1)
 
 
-# ----------------------------------------------------------------------------- CLI
+def evaluate_crf_effect(model, dataset, *, max_images: int | None = None,
+                        tile: int | str | None = None, crf_kwargs: dict | None = None,
+                        progress: bool = True) -> dict:
+    """Scores of ``model`` on ``dataset`` without and with CRF refinement.
+
+    ``dataset`` is a :func:`fcnseg.data.datasets.open_dataset` dataset (its images and
+    masks are read from ``image_path(i)``/``mask_path(i)`` at full size, not through its
+    transforms). Returns ``{"without": scores, "with": scores, "images": n}``, scores as
+    from :meth:`fcnseg.metrics.ConfusionMatrix.compute` plus the boundary F1 score
+    (``bf``, ``bf_per_class``) -- the CRF's claim is sharper boundaries, so BF is measured.
+    """
+    require_pydensecrf()
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    C = dataset.num_classes
+    plain, refined = ConfusionMatrix(C), ConfusionMatrix(C)
+    plain_bf, refined_bf = BoundaryF1(C), BoundaryF1(C)
+    for i in tqdm(range(n), desc="crf eval", disable=not progress):
+        image = read_image(dataset.image_path(i))
+        mask = read_mask(dataset.mask_path(i), C)
+        labels, probs = segment_array(model, image, tile=tile, return_probs=True)
+        crf_labels = dense_crf(image, probs, **(crf_kwargs or {}))
+        plain.update(_as_metric_input(labels), _as_metric_input(mask))
+        refined.update(_as_metric_input(crf_labels), _as_metric_input(mask))
+        plain_bf.update(_as_metric_input(labels), _as_metric_input(mask))
+        refined_bf.update(_as_metric_input(crf_labels), _as_metric_input(mask))
+    return {"without": {**plain.compute(), **plain_bf.compute()},
+            "with": {**refined.compute(), **refined_bf.compute()}, "images": n}
+
+
+def _as_metric_input(a: np.ndarray) -> torch.Tensor:
+    """Labels as the int64 torch tensor ConfusionMatrix.update expects."""
+    return torch.from_numpy(a.astype(np.int64))
+
 
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint (best.pt / last.pt)")
@@ -164,10 +188,6 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
 
     Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint`` and ``split``.
     """
-    from fcnseg.checkpoint import model_from_checkpoint
-    from fcnseg.data.datasets import open_dataset
-    from fcnseg.data.transforms import eval_transforms
-
     if batch_size < 1 or workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
     if not Path(data).is_dir():
@@ -180,8 +200,6 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
         err = None
         if info.is_main:
             try:
-                from fcnseg.fileio import prepare_output_dir
-
                 out_dir = prepare_output_dir(out, overwrite=overwrite, what="--out")
             except ConfigError as e:
                 err = str(e)
@@ -199,9 +217,6 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
                       channels_last=channels_last, bf=bf, progress=progress)
     result.update(class_names=list(ds.class_names), checkpoint=str(checkpoint), split=split)
     if out_dir is not None and info.is_main:
-        from fcnseg.fileio import atomic_write_text
-        from fcnseg.report import plot_confusion_matrix
-
         atomic_write_text(out_dir / "eval.json", to_json(result) + "\n")
         plot_confusion_matrix(result["confusion_matrix"], ds.class_names, out_dir / "confusion_matrix.png",
                               title=f"{Path(checkpoint).name} on {split}")

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fcnseg.constants import IGNORE_INDEX
 from fcnseg.errors import ConfigError, DataError
-
-IGNORE_INDEX = 255
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor,

@@ -1,29 +1,37 @@
-"""Device, mixed precision, and the code/runtime version recorded with every run."""
+"""Device, mixed precision, and the code/runtime versions recorded with every run."""
 from __future__ import annotations
 
 import contextlib
 import platform
-import subprocess
-from pathlib import Path
 
 import torch
 
 from fcnseg.errors import ConfigError
+from fcnseg.version import __version__, git_describe
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> torch.device:
+    """The torch device for a ``--device`` value (one contract for train, eval, predict, bench, API).
+
+    ``auto``: CUDA when available, else CPU. ``cuda``: GPU ``local_rank`` when given (under
+    torchrun each process takes its own GPU), else the current GPU. ``cuda:N``, ``cpu`` and
+    any other device string torch knows are taken as they are; None means ``cpu``.
+    ConfigError for CUDA without a GPU and for strings torch does not know.
+    """
+    name = name or "cpu"
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA GPU is available; use --device cpu (or auto)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a valid torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and device.index is None and local_rank is not None:
         return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+    return device
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -64,21 +72,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def git_describe() -> str | None:
-    """``git describe --always --dirty`` of the fcnseg source tree, or None (not a checkout, no git)."""
-    src = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=src, capture_output=True,
-                             text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def environment_info(device: torch.device) -> dict:
     """Code and runtime versions for the run's config.json."""
-    from fcnseg import __version__
-
     info = {
         "fcnseg_version": __version__,
         "git": git_describe(),

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fcnseg.models.backbones.base import gemm_conv2d
+
 # Unfolded GEMM input above this many bytes is computed in bands of output rows, so the
 # GEMM path never needs much more memory than the conv it replaces (e.g. 2048x2048 input:
 # fc6's unfolded input would be 411 MB at once).
@@ -80,7 +82,8 @@ class PackedConv2d(nn.Module):
 
 
 class GemmConv2d(nn.Module):
-    """A stride-1 ``Conv2d`` computed as ``unfold`` + one GEMM per image (and band of rows).
+    """A stride-1 ``Conv2d`` computed as ``unfold`` + GEMM (:func:`~fcnseg.models.backbones.base.gemm_conv2d`,
+    the same code as the backbones' fc6/fc7), in bands of output rows for large inputs.
 
     For the classifier-turned-conv layers (fc6: 512->4096 7x7, fc7: 4096->4096 1x1) on the
     small stride-32 map, MKL's GEMM beats oneDNN's direct convolution and needs no weight
@@ -96,25 +99,13 @@ class GemmConv2d(nn.Module):
         self.bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
         (kh, kw), (ph, pw) = self.kernel, self.padding
-        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
         nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         if (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and nhwc:
             # 1x1 conv on NHWC data is a linear layer on its last dim: (B,H,W,C) @ (C,O)^T.
             return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
-        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-        out = x.new_empty((B, Ho, Wo, self.out_channels)).permute(0, 3, 1, 2)  # NHWC storage
-        # Output rows per band, so that the unfolded input stays under GEMM_BAND_BYTES.
-        row_bytes = self.weight.shape[1] * Wo * x.element_size()
-        band = max(1, min(Ho, GEMM_BAND_BYTES // max(row_bytes, 1)))
-        for b in range(B):
-            for r0 in range(0, Ho, band):
-                r1 = min(Ho, r0 + band)
-                cols = F.unfold(xp[b:b + 1, :, r0:r1 + kh - 1], (kh, kw))[0]  # (C*kh*kw, rows*Wo)
-                y = F.linear(cols.t(), self.weight, self.bias)  # (rows*Wo, O): MKL GEMM
-                out[b, :, r0:r1] = y.view(r1 - r0, Wo, -1).permute(2, 0, 1)
-        return out
+        # GEMM_BAND_BYTES is read at each call (tests lower it to force several bands).
+        return gemm_conv2d(x, self.weight, self.bias, self.kernel, self.padding, band_bytes=GEMM_BAND_BYTES)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.out_channels}, kernel={self.kernel}, padding={self.padding}"

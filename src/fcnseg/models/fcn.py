@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fcnseg.models.backbones import Backbone
+from fcnseg.models.backbones.base import Backbone
 from fcnseg.models.geometry import CoordMap, bilinear_kernel, offset_between, out_size, sizes_through
 from fcnseg.models.input_convention import STANDARD, ConvertInput
 
-VARIANTS = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8)}
+# head variant -> strides of the score maps it fuses (coarse to fine)
+HEAD_STRIDES = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8)}
 UPSAMPLING = ("paper", "learned", "fixed")
 # "at once" training (fcn8s-atonce) scales the skip features so that the fused
 # scores start balanced with fc7's.
@@ -59,8 +60,8 @@ class FCN(nn.Module):
         super().__init__()
         # First op of forward, before any padding; holds no state-dict entries.
         self.prepare_input = ConvertInput(input_convention)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+        if variant not in HEAD_STRIDES:
+            raise ValueError(f"variant must be one of {list(HEAD_STRIDES)}, got {variant!r}")
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
         if num_classes < 1:
@@ -70,7 +71,7 @@ class FCN(nn.Module):
         self.variant = variant
         self.geometry = geometry
         self.at_once = at_once
-        self.strides = VARIANTS[variant]
+        self.strides = HEAD_STRIDES[variant]
         names, chans = backbone.feature_names, backbone.feature_channels
         paths = backbone.coord_paths()
         maps = {s: CoordMap().through(paths[names[s]]) for s in (8, 16, 32)}
@@ -110,7 +111,6 @@ class FCN(nn.Module):
         # weights loaded later (checkpoints, staged init) may not be diagonal: re-check then
         self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_diagonal())
 
-    # -- construction helpers -------------------------------------------------------
     def _upsample_layer(self, src: CoordMap, dst: CoordMap, factor: int) -> nn.ConvTranspose2d:
         """A bilinear-initialised x``factor`` transposed conv from grid ``src`` towards ``dst``.
 
@@ -185,7 +185,6 @@ class FCN(nn.Module):
                                   padding=layer.padding, output_padding=layer.output_padding,
                                   groups=layer.weight.shape[0])
 
-    # -- forward --------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         x = self.prepare_input(x)  # (B, 3, H, W) in the backbone's own input convention
         H, W = x.shape[-2:]

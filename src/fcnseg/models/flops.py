@@ -9,21 +9,21 @@ import copy
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fcnseg.models.registry import build_model
 
 
 def count_params(model: nn.Module) -> int:
+    """Number of parameters (the fixed bilinear upsampling weights included)."""
     return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
 def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> float:
     """FLOPs of one forward pass at input ``size`` = (H, W)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     cfg = getattr(model, "fcn_config", None)
     if cfg is not None:  # rebuild on the meta device: no weights are copied or allocated
-        from fcnseg.models.registry import build_model
-
         with torch.device("meta"):
             meta = build_model(**cfg).eval()
     else:

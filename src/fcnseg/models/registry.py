@@ -1,19 +1,25 @@
-"""Model registry: one dict, one decorator, ``list_models()`` and ``build_model()``."""
+"""Model registry: one dict, one decorator, ``list_models()`` and ``build_model()``.
+
+The entries themselves, one function per model name, are in :mod:`fcnseg.models.zoo`
+(imported by :mod:`fcnseg.models`, so every name is registered once the package is imported).
+"""
 from __future__ import annotations
 
-import inspect
+import difflib
 import os
 from typing import Any, Callable, Mapping
 
 from torch import Tensor
 
-from fcnseg.models.backbones import BACKBONES
-from fcnseg.models.fcn import FCN, VARIANTS
+from fcnseg.models.fcn import FCN
+from fcnseg.models.surgery import load_backbone_weights
 
 _MODELS: dict[str, Callable[..., FCN]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
+    """Decorator: register ``fn(num_classes, geometry, upsampling, at_once, input_convention, **kw)``
+    under ``name``."""
     def deco(fn: Callable[..., FCN]) -> Callable[..., FCN]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
@@ -51,8 +57,6 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
     Returns an :class:`FCN` whose ``fcn_config`` records these arguments.
     """
     if name not in _MODELS:
-        import difflib
-
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
@@ -61,33 +65,8 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
     model = _MODELS[name](num_classes=num_classes, geometry=geometry, upsampling=upsampling,
                           at_once=at_once, input_convention=input_convention, **backbone_kwargs)
     if backbone_weights is not None:
-        from fcnseg.models.surgery import load_backbone_weights
-
         load_backbone_weights(model.backbone, backbone_weights)
     model.fcn_config = {"name": name, "num_classes": num_classes, "geometry": geometry,
                         "upsampling": upsampling, "at_once": at_once,
                         "input_convention": model.prepare_input.convention, **backbone_kwargs}
     return model
-
-
-def _make_entry(variant: str, arch: str) -> Callable[..., FCN]:
-    factory = BACKBONES[arch]
-    accepted = set(inspect.signature(factory).parameters) - {"geometry"}
-
-    def entry(num_classes: int, geometry: str, upsampling: str, at_once: bool,
-              input_convention: str | None = None, **kw: Any) -> FCN:
-        unknown = set(kw) - accepted
-        if unknown:
-            raise TypeError(f"fcn{variant}_{arch} got unknown option(s) {sorted(unknown)}; "
-                            f"accepted: {sorted(accepted) or 'none'}")
-        backbone = factory(geometry=geometry, **kw)
-        convention = input_convention or getattr(backbone, "default_input_convention", "imagenet")
-        return FCN(backbone, num_classes, variant, geometry, upsampling, at_once, convention)
-
-    entry.__doc__ = f"FCN-{variant} on {arch}."
-    return entry
-
-
-for _arch in BACKBONES:
-    for _variant in VARIANTS:
-        register_model(f"fcn{_variant}_{_arch}")(_make_entry(_variant, _arch))

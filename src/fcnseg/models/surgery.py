@@ -1,22 +1,29 @@
-"""Network surgery: classifier -> fully convolutional, and staged FCN initialisation.
+"""State-dict surgery: classifier weights -> fully convolutional backbone weights, checked loading.
+
+Pure functions of state dicts and modules (a leaf of :mod:`fcnseg.models`: it imports no other
+model module), used by the registry, the classifier head and checkpoints:
 
 - :func:`convert_classifier_state_dict`: a torchvision classifier state dict (vgg16,
   alexnet, resnet*) becomes a backbone state dict; VGG/AlexNet's fully connected fc6/fc7
   weights are reshaped into 7x7 (6x6 for AlexNet) and 1x1 conv kernels. The ImageNet
   classifier (fc8 / ``fc``) is dropped, as in the paper.
-- :func:`convolutionalize`: the whole classifier as a fully convolutional net whose
-  output at stride 32 is the classifier's 1000-way score, slid over the image.
-- :func:`upgrade`: FCN-32s -> FCN-16s -> FCN-8s, copying every shared weight.
+- :func:`unwrap_state_dict`: the state dict inside whatever a weights file holds.
+- :func:`load_state_dict_checked` / :func:`load_backbone_weights`: strict loading whose
+  errors say which keys and shapes disagree.
+
+The classifier as a whole FCN is :mod:`fcnseg.models.classifier_head`; staged
+initialisation (32s -> 16s -> 8s) is :mod:`fcnseg.models.staging`.
 """
 from __future__ import annotations
 
 import os
 from typing import Mapping
 
-import torch
 from torch import Tensor, nn
 
+from fcnseg.constants import CHECKPOINT_FORMAT
 from fcnseg.errors import CheckpointError
+from fcnseg.torch_files import safe_torch_load
 
 # torchvision classifier layer -> (our conv name, spatial kernel size)
 _FC_LAYOUT = {
@@ -62,7 +69,7 @@ def convert_classifier_state_dict(arch: str, state_dict: Mapping[str, Tensor],
 def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     """Accept a plain state dict, or one nested under 'state_dict'/'model' (common in the wild)."""
     if isinstance(obj, Mapping):
-        if obj.get("format") == "fcnseg-checkpoint":
+        if obj.get("format") == CHECKPOINT_FORMAT:
             sd = obj["state_dict"]
             if any(k.startswith("backbone.") for k in sd):
                 return {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
@@ -83,8 +90,6 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
     """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
-    from fcnseg.checkpoint import safe_torch_load
-
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
@@ -111,74 +116,3 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor],
         raise CheckpointError(f"{source} does not match {arch}: " + " | ".join(problems) +
                               ". Check that the file was saved for this model/backbone and class count.")
     module.load_state_dict(dict(state_dict), strict=strict)
-
-
-class ConvolutionalClassifier(nn.Module):
-    """A classifier turned fully convolutional: image -> class scores at stride 32.
-
-    VGG16/AlexNet: features -> fc6 (kxk conv) -> fc7 (1x1) -> fc8 (1x1). ResNets: body ->
-    7x7 average pool at stride 1 -> fc as a 1x1 conv. On a 224x224 input the output is 1x1
-    and equals the classifier's logits; on a larger input it is the classifier slid over
-    the image at stride 32.
-    """
-
-    def __init__(self, arch: str, backbone: nn.Module, num_outputs: int) -> None:
-        super().__init__()
-        self.arch = arch
-        self.backbone = backbone
-        cin = backbone.feature_channels[32]
-        if arch.startswith("resnet"):
-            self.pool = nn.AvgPool2d(7, 1)
-            self.fc = nn.Conv2d(cin, num_outputs, 1)
-        else:
-            self.pool = nn.Identity()
-            self.fc8 = nn.Conv2d(cin, num_outputs, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        f = self.backbone(x)[self.backbone.feature_names[32]]  # (B, C, H/32 - 6, W/32 - 6)
-        f = self.pool(f)
-        return self.fc(f) if hasattr(self, "fc") else self.fc8(f)
-
-
-def convolutionalize(arch: str, state_dict: Mapping[str, Tensor]) -> ConvolutionalClassifier:
-    """Build the fully convolutional version of a torchvision-layout classifier."""
-    from fcnseg.models.backbones import BACKBONES
-
-    backbone = BACKBONES[arch](geometry="classifier")
-    sd = convert_classifier_state_dict(arch, unwrap_state_dict(state_dict, arch), keep_fc8=True)
-    head_key = "fc" if arch.startswith("resnet") else "fc8"
-    num_outputs = sd[f"{head_key}.weight"].shape[0]
-    model = ConvolutionalClassifier(arch, backbone, num_outputs)
-    head = {k: v for k, v in sd.items() if k.startswith(head_key + ".")}
-    body = {k: v for k, v in sd.items() if not k.startswith(head_key + ".")}
-    load_state_dict_checked(backbone, body, source=f"{arch} classifier")
-    getattr(model, head_key).load_state_dict({k.split(".", 1)[1]: v for k, v in head.items()})
-    return model.eval()
-
-
-@torch.no_grad()
-def upgrade(model: nn.Module, to: str) -> nn.Module:
-    """Staged training: FCN-32s -> FCN-16s, FCN-16s -> FCN-8s (or 32s -> 8s).
-
-    Copies every weight the two nets share (backbone, score layers, x2 upsamplings); the
-    new skip score layers start at zero, so at the moment of the copy the new model's
-    output equals the old one's (up to float rounding: bilinear x2 then x16 = bilinear x32).
-    """
-    from fcnseg.models.registry import build_model
-
-    cfg = dict(model.fcn_config)
-    old_variant = model.variant
-    to = to.removeprefix("fcn")
-    order = ["32s", "16s", "8s"]
-    if to not in order or order.index(to) <= order.index(old_variant):
-        raise ValueError(f"can only upgrade to a finer variant: {old_variant} -> {to} is not allowed")
-    arch = cfg["name"].split("_", 1)[1]
-    cfg["name"] = f"fcn{to}_{arch}"
-    new = build_model(**cfg)
-    new_sd = new.state_dict()
-    final_names = ("upscore.", "upscore16.", "upscore8.")
-    shared = {k: v for k, v in model.state_dict().items()
-              if k in new_sd and not k.startswith(final_names) and new_sd[k].shape == v.shape}
-    new.load_state_dict(shared, strict=False)
-    new.train(model.training)
-    return new

@@ -8,6 +8,7 @@ import torch
 
 from fcnseg.models.flops import count_flops, count_params
 from fcnseg.models.registry import build_model, list_models
+from fcnseg.sizes import size_argument, size_pair
 
 
 def model_table(size: tuple[int, int] = (500, 500), num_classes: int = 21,
@@ -36,16 +37,8 @@ def format_markdown(rows: list[dict], size: tuple[int, int], num_classes: int) -
     return "\n".join(lines)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, _, w = text.lower().partition("x")
-        return int(h), int(w or h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 500x500 or 500, got {text!r}") from None
-
-
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=_size, default=(500, 500), help="input HxW for FLOPs (default 500x500)")
+    p.add_argument("--size", type=size_argument, default=(500, 500), help="input HxW for FLOPs (default 500x500)")
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
@@ -53,6 +46,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     names = args.models.split(",") if args.models else None
-    rows = model_table(args.size, args.num_classes, names)
-    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows, args.size, args.num_classes))
+    size = size_pair(args.size)
+    rows = model_table(size, args.num_classes, names)
+    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows, size, args.num_classes))
     return 0

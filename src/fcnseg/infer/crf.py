@@ -5,9 +5,11 @@ appearance (bilateral: position + colour) kernel, snaps the FCN's coarse, blurre
 class boundaries to colour edges. Defaults are DeepLab-LargeFOV's (Chen et al., ICLR
 2015): smoothness ``w=3, sxy=3``; appearance ``w=4, sxy=121, srgb=5``; 5 mean-field
 iterations. Needs ``pydensecrf2`` (module ``pydensecrf``), imported only when used.
+numpy-only otherwise.
 
-Hooks for evaluation: :func:`refine` (one image + its logits/probabilities, numpy or
-torch) and :func:`evaluate_crf_effect` (mIoU with and without the CRF on a dataset).
+Hook for evaluation: :func:`refine` (one image + its logits/probabilities, numpy or
+torch); :func:`fcnseg.engine.evaluate.evaluate_crf_effect` scores a dataset with and
+without the CRF.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fcnseg.errors import ConfigError
+from fcnseg.infer.arrays import check_image, softmax
 
 CRF_DEFAULTS = dict(iters=5, sxy_gauss=3.0, compat_gauss=3.0,
                     sxy_bilateral=121.0, srgb=5.0, compat_bilateral=4.0)
@@ -25,7 +28,7 @@ _PROB_FLOOR = 1e-8  # -log(0) = inf: clip probabilities before taking the unary
 def require_pydensecrf():
     """Import pydensecrf's ``densecrf`` module, or raise a ConfigError saying how to install it."""
     try:
-        import pydensecrf.densecrf as dcrf
+        import pydensecrf.densecrf as dcrf  # optional dependency: only --crf needs it
     except ImportError:
         raise ConfigError("CRF refinement (--crf) needs pydensecrf2: pip install pydensecrf2 "
                           "(or pip install 'fcnseg[crf]')") from None
@@ -42,9 +45,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iters: int = 5, sxy_gauss: f
     """
     dcrf = require_pydensecrf()
     # pydensecrf's Cython signature wants a writable C-contiguous buffer (it never writes).
-    image = np.require(image, requirements=["C", "W"])
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    image = np.require(check_image(image), requirements=["C", "W"])
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
         raise ValueError(f"probs must be (C, H, W) matching the image {image.shape[:2]}, got {probs.shape}")
@@ -71,52 +72,8 @@ def refine(image: np.ndarray, scores: Any, *, from_logits: bool = True, **crf_kw
     numpy array or a torch tensor (any device). ``image`` is the original uint8 RGB
     (H, W, 3), not the normalised network input: crop padding off both first.
     """
-    from fcnseg.inference import softmax
-
     if hasattr(scores, "detach"):  # torch tensor, without importing torch here
         scores = scores.detach().float().cpu().numpy()
     scores = np.array(scores, dtype=np.float32, copy=True)  # softmax works in place
     probs = softmax(scores, axis=0) if from_logits else scores
     return dense_crf(image, probs, **crf_kwargs)
-
-
-def evaluate_crf_effect(model, dataset, *, max_images: int | None = None,
-                        tile: int | str | None = None, crf_kwargs: dict | None = None,
-                        progress: bool = True) -> dict:
-    """Scores of ``model`` on ``dataset`` without and with CRF refinement.
-
-    ``dataset`` is a :func:`fcnseg.data.datasets.open_dataset` dataset (its images and
-    masks are read from ``image_path(i)``/``mask_path(i)`` at full size, not through its
-    transforms). Returns ``{"without": scores, "with": scores, "images": n}``, scores as
-    from :meth:`fcnseg.metrics.ConfusionMatrix.compute` plus the boundary F1 score
-    (``bf``, ``bf_per_class``) -- the CRF's claim is sharper boundaries, so BF is measured.
-    """
-    from tqdm import tqdm
-
-    from fcnseg.data.io import read_image, read_mask
-    from fcnseg.inference import segment_array
-    from fcnseg.metrics import BoundaryF1, ConfusionMatrix
-
-    require_pydensecrf()
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    C = dataset.num_classes
-    plain, refined = ConfusionMatrix(C), ConfusionMatrix(C)
-    plain_bf, refined_bf = BoundaryF1(C), BoundaryF1(C)
-    for i in tqdm(range(n), desc="crf eval", disable=not progress):
-        image = read_image(dataset.image_path(i))
-        mask = read_mask(dataset.mask_path(i), C)
-        labels, probs = segment_array(model, image, tile=tile, return_probs=True)
-        crf_labels = dense_crf(image, probs, **(crf_kwargs or {}))
-        plain.update(_as_metric_input(labels), _as_metric_input(mask))
-        refined.update(_as_metric_input(crf_labels), _as_metric_input(mask))
-        plain_bf.update(_as_metric_input(labels), _as_metric_input(mask))
-        refined_bf.update(_as_metric_input(crf_labels), _as_metric_input(mask))
-    return {"without": {**plain.compute(), **plain_bf.compute()},
-            "with": {**refined.compute(), **refined_bf.compute()}, "images": n}
-
-
-def _as_metric_input(a: np.ndarray):
-    """Labels as the int64 torch tensor ConfusionMatrix.update expects."""
-    import torch
-
-    return torch.from_numpy(a.astype(np.int64))

@@ -163,7 +163,7 @@ def environment(device: torch.device, threads: int) -> dict:
         "cpu": cpu,
         "device": str(device),
         "device_name": cpu["model"],
-        "loadavg_1m": _loadavg(),
+        "loadavg_1m": loadavg(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -172,7 +172,7 @@ def environment(device: torch.device, threads: int) -> dict:
                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     try:
-        import onnxruntime
+        import onnxruntime  # optional dependency: only its version is recorded here
 
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
@@ -180,7 +180,8 @@ def environment(device: torch.device, threads: int) -> dict:
     return env
 
 
-def _loadavg() -> float | None:
+def loadavg() -> float | None:
+    """The 1-minute load average (other processes competing for the cores), or None if unknown."""
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # not available on this OS
@@ -213,4 +214,4 @@ def fit_linear(xs: list[float], ys: list[float]) -> dict:
 
 
 __all__ = ["Timing", "time_callable", "matmul_peak", "cpu_info", "environment", "peak_rss_mb",
-           "fit_linear", "synchronizer"]
+           "fit_linear", "synchronizer", "loadavg"]

@@ -1,6 +1,6 @@
 """Pictures of predictions: colour overlays with a legend, probability
 heatmaps and image | ground truth | prediction | errors panels (palette PNGs of the
-labels themselves: :func:`fcnseg.data.io.write_palette_png`).
+labels themselves: :func:`fcnseg.data.image_files.write_palette_png`).
 
 numpy + Pillow only (matplotlib only for heatmap colormaps, imported lazily), never
 torch: ``fcnseg predict --runtime onnx`` uses this module without importing torch.
@@ -13,7 +13,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fcnseg.data.io import IGNORE_INDEX, flat_palette
+from fcnseg.constants import IGNORE_INDEX
+from fcnseg.data.image_files import flat_palette
+from fcnseg.infer.arrays import check_image
+from fcnseg.labels import as_label_map, class_names_or_default
 
 Palette = Sequence[Sequence[int]]  # [(r, g, b), ...], index = class id
 
@@ -27,20 +30,16 @@ def full_palette(palette: Palette | None) -> np.ndarray:
     return np.asarray(flat_palette(palette), dtype=np.uint8).reshape(256, 3)
 
 
-def default_class_names(num_classes: int) -> list[str]:
-    return [f"class_{i}" for i in range(num_classes)]
-
-
 def colorize(labels: np.ndarray, palette: Palette | None) -> np.ndarray:
     """(H, W) indices -> (H, W, 3) uint8 colours."""
-    return full_palette(palette)[_check_labels(labels)]
+    return full_palette(palette)[as_label_map(labels)]
 
 
 def blend(image: np.ndarray, labels: np.ndarray, palette: Palette | None, alpha: float = 0.4) -> np.ndarray:
     """Colour the photo by class: ``(1 - alpha) * image + alpha * colour``, (H, W, 3) uint8."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    image = _check_image(image)
+    image = check_image(image)
     colours = colorize(labels, palette)
     if colours.shape[:2] != image.shape[:2]:
         raise ValueError(f"labels {labels.shape} and image {image.shape[:2]} differ in size")
@@ -64,10 +63,10 @@ def attach_legend(picture: Image.Image, classes: Sequence[int], palette: Palette
     images; text scales with the picture height so it stays legible on large ones.
     """
     table = full_palette(palette)
-    names = list(class_names) if class_names is not None else []
+    names = class_names_or_default(class_names, len(table))  # class_<i> where a name is missing
     font, size = _font(picture.height)
     pad, swatch = max(2, size // 3), size
-    labels = [names[c] if c < len(names) else f"class_{c}" for c in classes]
+    labels = [names[c] for c in classes]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((probe.textlength(t, font=font) for t in labels), default=0)
     legend_w = int(pad * 3 + swatch + text_w)
@@ -86,7 +85,7 @@ def attach_legend(picture: Image.Image, classes: Sequence[int], palette: Palette
 
 def heatmap(prob: np.ndarray, cmap: str = "magma") -> Image.Image:
     """One class's probability map (H, W) in [0, 1] (float, or uint8 meaning p * 255) -> RGB."""
-    from matplotlib import colormaps  # lazy: only heatmaps need it
+    from matplotlib import colormaps  # lazy (slow import): only heatmaps need it
 
     if prob.dtype == np.uint8:
         idx = prob
@@ -103,8 +102,8 @@ def error_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette: Pa
     Errors panel: correct pixels show the photo dimmed to grey, wrong pixels red,
     ignore pixels (255 in ``gt``) mid-grey. Its title gives the pixel accuracy.
     """
-    image = _check_image(image)
-    gt, pred = _check_labels(gt), _check_labels(pred)
+    image = check_image(image)
+    gt, pred = as_label_map(gt), as_label_map(pred)
     if not (gt.shape == pred.shape == image.shape[:2]):
         raise ValueError(f"image {image.shape[:2]}, ground truth {gt.shape} and prediction {pred.shape} "
                          f"must have the same size")
@@ -141,21 +140,3 @@ def _font(height: int) -> tuple[ImageFont.ImageFont, int]:
         return ImageFont.load_default(size=size), size
     except (TypeError, OSError):  # Pillow built without FreeType: fixed bitmap font
         return ImageFont.load_default(), 11
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
-    if labels.dtype != np.uint8:
-        if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise ValueError("labels must be class indices in [0, 255]")
-        labels = labels.astype(np.uint8)
-    return labels
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    return image

@@ -1,4 +1,6 @@
-"""Reading images and label masks, and writing palette PNGs.
+"""Image and label-mask files: reading them (every failure a clear DataError), writing palette PNGs.
+
+numpy + Pillow only, never torch (the ONNX prediction path uses this module).
 
 Every failure to read a file becomes a :class:`~fcnseg.errors.DataError` whose message
 names the file and says what to do; Pillow's own exceptions and warnings never reach
@@ -6,8 +8,8 @@ the user. Masks hold *class indices*: they are read as palette indices ('P' mode
 8-bit grayscale values ('L'), never by mapping RGB colours back to classes, so an RGB
 mask is refused with instructions instead of being silently misread.
 
-Label convention: values ``0 .. num_classes-1`` are classes, ``255`` is "ignore"
-(PASCAL VOC's void / object borders).
+Label convention (:mod:`fcnseg.labels`): values ``0 .. num_classes-1`` are classes,
+``255`` is "ignore" (PASCAL VOC's void / object borders).
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fcnseg.errors import ConfigError, DataError
-
-IGNORE_INDEX = 255
+from fcnseg.labels import as_label_map, check_label_range
+from fcnseg.outputs import atomic_save_image
 
 # Largest image we decode: 2**27 pixels (~134 MP, e.g. 16384 x 8192). The declared size is
 # checked from the header *before* any pixel is decoded, so a 100000 x 100000 PNG costs
@@ -43,7 +45,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")  # JPEG covers MPO
 
 _MASK_HOWTO = ("save class indices as a palette ('P') or 8-bit grayscale ('L') PNG, e.g. "
-               "fcnseg.data.io.write_palette_png(labels, palette, path) or "
+               "fcnseg.data.image_files.write_palette_png(labels, palette, path) or "
                "PIL.Image.fromarray(labels.astype(numpy.uint8)).save(path)")
 
 T = TypeVar("T")
@@ -105,7 +107,7 @@ def _bomb_error(path: Path, what: str, w: int, h: int) -> DataError:
     return DataError(
         f"{what} file {path} declares {w}x{h} pixels ({w * h / 1e6:.0f} MP), more than the "
         f"limit of {MAX_PIXELS / 1e6:.0f} MP (a decompression bomb or a corrupt header); "
-        f"resize the image, or raise fcnseg.data.io.MAX_PIXELS if it is genuine")
+        f"resize the image, or raise fcnseg.data.image_files.MAX_PIXELS if it is genuine")
 
 
 def _exif_transpose(im: Image.Image) -> Image.Image:
@@ -173,21 +175,8 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
 
     mask = _decode(path, "mask", convert)
     if num_classes is not None:
-        check_labels(mask, num_classes, path)
+        check_label_range(mask, num_classes, path)
     return mask
-
-
-def check_labels(mask: np.ndarray, num_classes: int, path: str | os.PathLike) -> None:
-    """Raise DataError if ``mask`` (uint8) holds labels outside ``[0, num_classes)`` and 255."""
-    counts = np.bincount(mask.ravel(), minlength=256)  # one pass, (256,)
-    bad = np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes
-    if bad.size:
-        n_bad = int(counts[bad].sum())
-        shown = ", ".join(str(int(v)) for v in bad[:20]) + (", ..." if bad.size > 20 else "")
-        raise DataError(
-            f"mask {path} has labels outside [0, {num_classes}) and {IGNORE_INDEX} (ignore): "
-            f"values [{shown}] in {n_bad} pixels; check num_classes / class_names.txt, or "
-            f"relabel these pixels (255 marks pixels to ignore)")
 
 
 def read_palette(path: str | os.PathLike) -> list[tuple[int, int, int]] | None:
@@ -211,7 +200,7 @@ def read_sbd_mask(path: str | os.PathLike, num_classes: int | None = None) -> np
     path = Path(path)
     _check_file(path, "SBD mask")
     try:
-        import scipy.io
+        import scipy.io  # optional dependency: only SBD masks need it
     except ImportError:
         raise DataError(f"reading SBD mask {path} needs scipy: pip install scipy "
                         f"(or train without --sbd)") from None
@@ -227,7 +216,7 @@ def read_sbd_mask(path: str | os.PathLike, num_classes: int | None = None) -> np
                         f"(shape {seg.shape}); re-download SBD")
     mask = np.ascontiguousarray(seg.astype(np.uint8))
     if num_classes is not None:
-        check_labels(mask, num_classes, path)
+        check_label_range(mask, num_classes, path)
     return mask
 
 
@@ -267,16 +256,7 @@ def write_palette_png(labels: np.ndarray, palette: Sequence[Sequence[int]] | Non
     ``palette`` is a list of ``(r, g, b)``; missing entries (e.g. 255) get VOC colours.
     Readers get the indices back exactly (:func:`read_mask`), viewers see colours.
     """
-    from fcnseg.fileio import atomic_save_image
-
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
-    if labels.dtype != np.uint8:
-        if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise ValueError(f"labels must be in 0..255 for a palette PNG, got "
-                             f"[{labels.min()}, {labels.max()}]")
-        labels = labels.astype(np.uint8)
+    labels = as_label_map(labels)
     # Build the 'P' image from the raw bytes: the indices are stored exactly as given.
     pim = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels).tobytes())
     pim.putpalette(flat_palette(palette))

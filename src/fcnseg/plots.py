@@ -2,40 +2,28 @@
 
 Uses matplotlib's object-oriented API on the Agg canvas (no ``pyplot``), so it works
 headless and never changes the global backend of a user's interactive session. Every
-PNG is written atomically through :func:`fcnseg.fileio.atomic_write`.
+PNG is written atomically through :func:`fcnseg.outputs.atomic_write`.
+:func:`new_figure` and :func:`save_figure` serve other plots (e.g. ``benchmarks/``).
 """
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from fcnseg.errors import DataError
-from fcnseg.fileio import atomic_write
+from fcnseg.jsonl import read_jsonl
+from fcnseg.outputs import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file (e.g. ``metrics.jsonl``); blank lines are skipped."""
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); the file is corrupt") from None
-    return rows
-
-
-def _new_figure(width: float, height: float):
-    # Figure + Agg canvas without pyplot: no global state, no GUI backend.
+def new_figure(width: float, height: float) -> Figure:
+    """A ``width`` x ``height`` inch figure on its own Agg canvas (no pyplot: no global state, no GUI)."""
+    # Lazy: matplotlib takes about a second to import, and only the plots need it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,7 +32,8 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path``, atomically; returns the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     with atomic_write(path, "wb") as f:
@@ -59,7 +48,7 @@ def plot_training_curve(metrics: str | os.PathLike | Sequence[dict], out_png: st
     ``epoch``, ``train_loss`` and ``val`` -> ``miou``). Returns the PNG path.
     """
     rows = read_jsonl(metrics) if isinstance(metrics, (str, os.PathLike)) else list(metrics)
-    fig = _new_figure(7.0, 4.0)
+    fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     # None = not measured / undefined (metrics.jsonl writes NaN as null)
     loss_pts = [(r["epoch"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
@@ -78,7 +67,7 @@ def plot_training_curve(metrics: str | os.PathLike | Sequence[dict], out_png: st
     best = max(miou_pts, key=lambda p: p[1]) if miou_pts else None
     title = "training curve" + (f" (best mIoU {100 * best[1]:.1f}% at epoch {best[0]:g})" if best else "")
     ax.set_title(title)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[float]], class_names: Sequence[str],
@@ -98,7 +87,7 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[float]], class_name
         rows = cm.sum(axis=1, keepdims=True)
         cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     size = max(4.0, 0.45 * n + 2.0)
-    fig = _new_figure(size + 1.0, size)
+    fig = new_figure(size + 1.0, size)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(cm, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -114,4 +103,4 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[float]], class_name
                 if v > 0:
                     ax.text(j, i, f"{v:.2f}" if normalize else f"{v:.0f}", ha="center", va="center",
                             fontsize=7, color="white" if v > 0.5 * (cm.max() or 1) else "black")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)

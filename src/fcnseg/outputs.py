@@ -1,9 +1,10 @@
-"""Atomic file writes and output-directory checks.
+"""Outputs a user keeps: atomic file writes and output-directory checks (stdlib only).
 
 Everything fcnseg writes that a user keeps (checkpoints, PNGs, reports, JSON) goes
-through :func:`atomic_write`: the data lands in a temporary file in the same folder,
-is flushed and fsynced, then renamed over the target. A process killed at any point
-leaves either the old file or the new one, never a half-written one.
+through :func:`atomic_write` (torch files through :func:`fcnseg.torch_files.atomic_save_torch`,
+which uses it): the data lands in a temporary file in the same folder, is flushed and
+fsynced, then renamed over the target. A process killed at any point leaves either the
+old file or the new one, never a half-written one.
 """
 from __future__ import annotations
 
@@ -41,15 +42,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_save_torch(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    import torch
-
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_write`."""
     with atomic_write(path, "w") as f:
         f.write(text)
 

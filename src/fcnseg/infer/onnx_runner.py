@@ -1,4 +1,4 @@
-"""Run an exported fcnseg ONNX model with onnxruntime, without torch.
+"""Run an exported fcnseg ONNX model with onnxruntime, without torch (a runner of :mod:`fcnseg.infer.runner`).
 
 ``fcnseg export`` writes one input ``image`` (float32 (B, 3, H, W), ImageNet-normalised),
 one output ``logits`` (float32 (B, C, H, W)), B/H/W dynamic, and the ``META_*``
@@ -25,9 +25,10 @@ ONNX_FORMAT = "fcnseg-onnx"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
-def _import_ort():
+def import_onnxruntime():
+    """The onnxruntime module, or a ConfigError saying how to install it."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional dependency: only ONNX models need it
     except ImportError:
         raise ConfigError("the ONNX runtime needs onnxruntime: pip install onnxruntime "
                           "(or pip install 'fcnseg[onnx]')") from None
@@ -45,7 +46,7 @@ class OnnxModel:
     is_fcnseg_runner = True
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
-        ort = _import_ort()
+        ort = import_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such ONNX file; check the path, or create it "

@@ -1,40 +1,33 @@
-"""Whole-image and tiled inference on numpy images, for any runtime.
+"""Whole-image and tiled segmentation of numpy images, for any runner (:mod:`fcnseg.infer.runner`).
 
-A *runner* is anything with ``num_classes`` and ``__call__(x) -> logits`` where ``x`` is
-``float32 (B, 3, h, w)`` ImageNet-normalised and the logits ``float32 (B, C, h, w)``:
-:class:`fcnseg.api.TorchRunner` wraps an ``nn.Module``, :class:`fcnseg.onnx_runtime.OnnxModel`
-an onnxruntime session. This module is numpy-only (torch is imported only to wrap a
-module passed in directly), so the ONNX path never imports torch.
+numpy-only: torch is imported only to wrap an ``nn.Module`` passed in directly, so the
+ONNX path never imports it. Optional dense-CRF refinement (:mod:`fcnseg.infer.crf`).
 
-Tiled inference and bounded memory
-----------------------------------
-Full-size per-class logits do not fit for large images (21 classes x 8000 x 8000 x 4 B
-= 5.4 GB). :func:`predict_tiled` therefore works in *bands*: one row of overlapping
-tiles at a time. Each tile's logits are multiplied by a smooth window (raised-cosine
-ramps over the overlap on sides that have a neighbour, see :func:`window_1d`) and added
-into a band buffer
-``acc (C, band_h, W)`` together with the window itself into ``wsum (band_h, W)``.
-Once a band is done, the rows above the next band's first row can receive no more
-contributions: they are normalised (``acc / wsum``) and reduced to labels (and, if
-asked, probabilities), and the remaining overlap rows move to the top of the buffer.
-Peak memory is thus O(C * (tile + align) * W) for the buffer plus the image and the
-label map, not O(C * H * W): for 8000 x 8000, 21 classes, 1024 px tiles, the buffer is
-0.7 GB and the whole process peaks at ~1.5 GB (tests/test_tiled.py measures it). Tile origins are multiples of ``align`` (the network's
-output stride, 32) so every tile sees the same pooling grid as whole-image inference;
-the last tile in each direction is stretched (by < ``align`` px) to end at the border.
+Tiled inference in bounded memory: full-size per-class logits do not fit for large
+images (21 classes x 8000 x 8000 x 4 B = 5.4 GB). :func:`predict_tiled` therefore works in
+*bands*: one row of overlapping tiles at a time. Each tile's logits are multiplied by a
+smooth window (raised-cosine ramps over the overlap on sides that have a neighbour, see
+:func:`window_1d`) and added into a band buffer ``acc (C, band_h, W)`` together with the
+window itself into ``wsum (band_h, W)``. Once a band is done, the rows above the next
+band's first row can receive no more contributions: they are normalised (``acc / wsum``)
+and reduced to labels (and, if asked, probabilities), and the remaining overlap rows move
+to the top of the buffer. Peak memory is thus O(C * (tile + align) * W) for the buffer
+plus the image and the label map, not O(C * H * W): for 8000 x 8000, 21 classes, 1024 px
+tiles, the buffer is 0.7 GB and the whole process peaks at ~1.5 GB (tests/test_tiled.py
+measures it). Tile origins are multiples of ``align`` (the network's output stride, 32)
+so every tile sees the same pooling grid as whole-image inference; the last tile in each
+direction is stretched (by < ``align`` px) to end at the border.
 """
 from __future__ import annotations
 
-import sys
-from typing import Callable, Protocol, Sequence
+from typing import Callable
 
 import numpy as np
 
 from fcnseg.errors import ConfigError
-
-# ImageNet statistics, as in fcnseg.data.transforms (kept here so this module needs no torch).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fcnseg.infer.arrays import check_image, normalize, softmax
+from fcnseg.infer.crf import dense_crf
+from fcnseg.infer.runner import as_runner
 
 # `tile="auto"`: whole-image inference up to this many pixels, tiles of AUTO_TILE beyond.
 AUTO_TILE_PIXELS = 2048 * 2048
@@ -42,52 +35,6 @@ AUTO_TILE = 1024
 AUTO_OVERLAP = 256
 # Rows normalised and reduced at once when a band is finalised (bounds temporaries).
 _FINALISE_ROWS = 64
-
-
-class Runner(Protocol):
-    num_classes: int
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:  # (B,3,h,w) f32 -> (B,C,h,w) f32
-        ...
-
-
-def as_runner(model) -> Runner:
-    """Accept a runner, or an ``nn.Module`` (wrapped in :class:`fcnseg.api.TorchRunner`)."""
-    if getattr(model, "is_fcnseg_runner", False):
-        return model
-    torch = sys.modules.get("torch")  # a Module can only exist if torch is already imported
-    if torch is not None and isinstance(model, torch.nn.Module):
-        from fcnseg.api import TorchRunner
-
-        return TorchRunner(model)
-    raise TypeError(f"expected an fcnseg model (nn.Module from fcnseg.load_model / build_model, "
-                    f"or fcnseg.onnx_runtime.OnnxModel), got {type(model).__name__}")
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 (h, w, 3) RGB -> float32 (1, 3, h, w), ImageNet-normalised (as in training)."""
-    x = image.astype(np.float32).transpose(2, 0, 1)  # (3, h, w)
-    x *= 1.0 / 255.0
-    x -= np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
-    x /= np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
-    return x[None]
-
-
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Softmax along ``axis``, in place on ``logits`` (float32) to spare a full-size copy."""
-    logits -= logits.max(axis=axis, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=axis, keepdims=True)
-    return logits
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image is empty: {image.shape}")
-    return image
 
 
 def predict_logits(model, image: np.ndarray) -> np.ndarray:
@@ -243,7 +190,7 @@ def segment_array(model, image: np.ndarray, *, tile: int | str | None = None,
                   return_probs: bool = False, probs_dtype: type = np.float32):
     """Labels ``uint8 (H, W)`` (and ``probs (C, H, W)`` if ``return_probs``) for one image.
 
-    ``crf``: True (DeepLab defaults) or a dict of :func:`fcnseg.crf.dense_crf` keywords to
+    ``crf``: True (DeepLab defaults) or a dict of :func:`fcnseg.infer.crf.dense_crf` keywords to
     refine the labels with a dense CRF; it needs float probabilities of the whole image.
     """
     runner = as_runner(model)
@@ -263,16 +210,9 @@ def segment_array(model, image: np.ndarray, *, tile: int | str | None = None,
                             return_probs=need_probs, probs_dtype=probs_dtype)
         labels, probs = out if need_probs else (out, None)
     if crf:
-        from fcnseg.crf import dense_crf
-
         labels = dense_crf(image, probs, **(crf if isinstance(crf, dict) else {}))
     return (labels, probs) if return_probs else labels
 
 
-def class_names_or_default(names: Sequence[str] | None, num_classes: int) -> list[str]:
-    names = list(names or [])
-    return names[:num_classes] + [f"class_{i}" for i in range(len(names), num_classes)]
-
-
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "as_runner", "normalize", "softmax", "predict_logits",
-           "predict_tiled", "tile_grid", "window_1d", "resolve_tiling", "segment_array"]
+__all__ = ["as_runner", "predict_logits", "predict_tiled", "tile_grid", "window_1d", "resolve_tiling",
+           "segment_array"]

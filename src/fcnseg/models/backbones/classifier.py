@@ -1,0 +1,110 @@
+"""Classifier backbones with fully connected fc6/fc7 (VGG16, AlexNet), made convolutional.
+
+Parameter names match torchvision's ``vgg16`` / ``alexnet`` (``features.0.weight``, ...);
+only the classifier's fully connected layers are renamed and reshaped into convolutions
+(``fc6``/``fc7``, see :func:`fcnseg.models.surgery.convert_classifier_state_dict`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from fcnseg.models.backbones.base import CAFFE_PAD, Backbone, check_geometry, conv_as_gemm
+
+
+class ClassifierBackbone(Backbone):
+    """A classifier with conv ``features`` and fully connected fc6/fc7 (VGG16, AlexNet).
+
+    fc6/fc7 are convolutions here (``k x k`` over pool5, then 1x1). ``_taps`` names the
+    stride-8 and stride-16 maps by the end index of their slice of ``features``.
+    """
+
+    _taps: dict[str, int]
+
+    def _add_fc67(self, in_ch: int, kernel: int, geometry: str, dropout: float) -> None:
+        # modern: fc6 padded by 3 so its window is centred and small inputs work
+        self.fc6 = nn.Conv2d(in_ch, 4096, kernel, padding=3 if geometry == "modern" else 0)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(dropout)
+
+    def coord_paths(self) -> dict[str, list[nn.Module]]:
+        f = list(self.features)
+        return {**{name: f[:end] for name, end in self._taps.items()}, "fc7": f + [self.fc6, self.fc7]}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        start = 0
+        for name, end in self._taps.items():  # (B, C8, H/8, W/8), then (B, C16, H/16, W/16)
+            x = out[name] = self.features[start:end](x)
+            start = end
+        pool5 = self.features[start:](x)  # (B, C, H/32, W/32)
+        fc6 = self.drop6(self.relu6(conv_as_gemm(self.fc6, pool5)))
+        out["fc7"] = self.drop7(self.relu7(conv_as_gemm(self.fc7, fc6)))  # (B, 4096, H/32, W/32)
+        return out
+
+
+_VGG16_CFG: Sequence[int | str] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                   512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(ClassifierBackbone):
+    """VGG16 (configuration D), the paper's backbone. Features: pool3, pool4, fc7."""
+
+    arch = "vgg16"
+    feature_names = {8: "pool3", 16: "pool4", 32: "fc7"}
+    feature_channels = {8: 256, 16: 512, 32: 4096}
+    _taps = {"pool3": 17, "pool4": 24}
+
+    def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
+        super().__init__()
+        check_geometry(geometry)
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                # ceil_mode as in Caffe: never drops border pixels, so any size >= 1 works.
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+            else:
+                pad = CAFFE_PAD if (geometry == "caffe" and not layers) else 1
+                layers += [nn.Conv2d(in_ch, int(v), 3, padding=pad), nn.ReLU(inplace=True)]
+                in_ch = int(v)
+        self.features = nn.Sequential(*layers)  # indices identical to torchvision's vgg16
+        self._add_fc67(512, 7, geometry, dropout)
+
+
+class AlexNet(ClassifierBackbone):
+    """AlexNet (torchvision's one-GPU variant). Features: conv2 (s8), conv5 (s16), fc7 (s32)."""
+
+    arch = "alexnet"
+    feature_names = {8: "conv2", 16: "conv5", 32: "fc7"}
+    feature_channels = {8: 192, 16: 256, 32: 4096}
+    _taps = {"conv2": 5, "conv5": 12}
+
+    def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
+        super().__init__()
+        check_geometry(geometry)
+        pad1 = CAFFE_PAD if geometry == "caffe" else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=pad1), nn.ReLU(inplace=True),  # 0, 1
+            nn.MaxPool2d(3, 2, ceil_mode=True),                                     # 2
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True),                # 3, 4
+            nn.MaxPool2d(3, 2, ceil_mode=True),                                     # 5
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),               # 6, 7
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),               # 8, 9
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),               # 10, 11
+            nn.MaxPool2d(3, 2, ceil_mode=True),                                     # 12
+        )
+        # torchvision's classifier sees a 6x6 pool5 window: fc6 is a 6x6 conv.
+        self._add_fc67(256, 6, geometry, dropout)
+
+
+def vgg16(geometry: str = "modern", **kw) -> VGG16:
+    return VGG16(geometry, **kw)
+
+
+def alexnet(geometry: str = "modern", **kw) -> AlexNet:
+    return AlexNet(geometry, **kw)

@@ -1,0 +1,163 @@
+"""ResNet backbones (torchvision layout, no ``fc``) and the small from-scratch ``small`` net.
+
+Parameter names match torchvision's ``resnet18/34/50`` (``layer1.0.conv1.weight``, ...).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from fcnseg.models.backbones.base import CAFFE_PAD, Backbone, check_geometry
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def main_path(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def main_path(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2, self.conv3]
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(Backbone):
+    """ResNet (torchvision layout, no ``fc``). Features: layer2 (s8), layer3 (s16), layer4 (s32).
+
+    ``stem="imagenet"`` is torchvision's 7x7/2 conv + 3x3/2 max pool; ``stem="small"`` is two
+    3x3/2 conv-BN-ReLU layers (the from-scratch ``small`` backbone).
+    """
+
+    feature_names = {8: "layer2", 16: "layer3", 32: "layer4"}
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
+                 widths: Sequence[int] = (64, 128, 256, 512), geometry: str = "modern",
+                 stem: str = "imagenet", arch: str = "resnet") -> None:
+        super().__init__()
+        check_geometry(geometry)
+        self.arch = arch
+        pad = CAFFE_PAD if geometry == "caffe" else None
+        if stem == "imagenet":
+            self.inplanes = widths[0]
+            self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3 if pad is None else pad, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self._stem = [self.conv1, self.bn1, self.relu, self.maxpool]
+        elif stem == "small":
+            half = max(widths[0] // 2, 4)
+            self.inplanes = widths[0]
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, half, 3, 2, 1 if pad is None else pad, bias=False),
+                nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                nn.Conv2d(half, widths[0], 3, 2, 1, bias=False),
+                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            self._stem = list(self.stem)
+        else:
+            raise ValueError(f"unknown stem {stem!r}")
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
+        e = block.expansion
+        self.feature_channels = {8: widths[1] * e, 16: widths[2] * e, 32: widths[3] * e}
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def coord_paths(self) -> dict[str, list[nn.Module]]:
+        path: list[nn.Module] = list(self._stem)
+        out: dict[str, list[nn.Module]] = {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            for blk in getattr(self, name):
+                path = path + blk.main_path()
+            out[name] = path
+        return {k: out[k] for k in ("layer2", "layer3", "layer4")}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if hasattr(self, "stem"):
+            x = self.stem(x)                                   # (B, w, H/4, W/4)
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        x = self.layer1(x)
+        c3 = self.layer2(x)   # (B, C8, H/8, W/8)
+        c4 = self.layer3(c3)  # (B, C16, H/16, W/16)
+        c5 = self.layer4(c4)  # (B, C32, H/32, W/32)
+        return {"layer2": c3, "layer3": c4, "layer4": c5}
+
+
+def resnet18(geometry: str = "modern") -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), geometry=geometry, arch="resnet18")
+
+
+def resnet34(geometry: str = "modern") -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), geometry=geometry, arch="resnet34")
+
+
+def resnet50(geometry: str = "modern") -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), geometry=geometry, arch="resnet50")
+
+
+def small(geometry: str = "modern", width: int = 32, blocks: Sequence[int] = (1, 1, 2, 1)) -> ResNet:
+    """A small residual net with BatchNorm that trains from scratch on a CPU.
+
+    Widths (w, 2w, 4w, 8w) at strides 4..32; about 1.5 GFLOPs per 360x480 image at w=32.
+    """
+    w = int(width)
+    return ResNet(BasicBlock, tuple(blocks), widths=(w, 2 * w, 4 * w, 8 * w), geometry=geometry,
+                  stem="small", arch="small")
