@@ -54,6 +54,7 @@ from fcnseg.engine.staged import train_staged
 from fcnseg.engine.trainer import Trainer
 from fcnseg.sizes import size_argument
 
+# train()'s argument, its resume helper and its exception belong to its API (and are used here).
 __all__ = ["TrainConfig", "train", "load_run_config", "TrainingInterrupted", "add_cli_arguments", "cli_main"]
 
 

@@ -14,6 +14,8 @@ import numpy as np
 
 
 class Runner(Protocol):
+    """What segmentation runs: ``num_classes`` and numpy logits for numpy images."""
+
     num_classes: int
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # (B,3,h,w) f32 -> (B,C,h,w) f32

@@ -214,5 +214,5 @@ def segment_array(model, image: np.ndarray, *, tile: int | str | None = None,
     return (labels, probs) if return_probs else labels
 
 
-__all__ = ["as_runner", "predict_logits", "predict_tiled", "tile_grid", "window_1d", "resolve_tiling",
-           "segment_array"]
+__all__ = ["predict_logits", "predict_tiled", "tile_grid", "window_1d", "resolve_tiling", "default_overlap",
+           "segment_array", "AUTO_TILE", "AUTO_TILE_PIXELS", "AUTO_OVERLAP"]

@@ -18,8 +18,8 @@ _MODELS: dict[str, Callable[..., FCN]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
-    """Decorator: register ``fn(num_classes, geometry, upsampling, at_once, input_convention, **kw)``
-    under ``name``."""
+    """Decorator: register ``fn(num_classes=, geometry=, upsampling=, at_once=, input_convention=,
+    **backbone_kwargs) -> FCN`` under ``name`` (see :mod:`fcnseg.models.zoo`)."""
     def deco(fn: Callable[..., FCN]) -> Callable[..., FCN]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")

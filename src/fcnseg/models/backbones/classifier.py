@@ -103,8 +103,10 @@ class AlexNet(ClassifierBackbone):
 
 
 def vgg16(geometry: str = "modern", **kw) -> VGG16:
+    """VGG16 backbone (torchvision's ``vgg16`` layout); ``kw``: ``dropout``."""
     return VGG16(geometry, **kw)
 
 
 def alexnet(geometry: str = "modern", **kw) -> AlexNet:
+    """AlexNet backbone (torchvision's ``alexnet`` layout); ``kw``: ``dropout``."""
     return AlexNet(geometry, **kw)

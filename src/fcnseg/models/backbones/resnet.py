@@ -142,14 +142,17 @@ class ResNet(Backbone):
 
 
 def resnet18(geometry: str = "modern") -> ResNet:
+    """ResNet-18 (BasicBlock, 2-2-2-2) backbone, torchvision's ``resnet18`` layout without ``fc``."""
     return ResNet(BasicBlock, (2, 2, 2, 2), geometry=geometry, arch="resnet18")
 
 
 def resnet34(geometry: str = "modern") -> ResNet:
+    """ResNet-34 (BasicBlock, 3-4-6-3) backbone, torchvision's ``resnet34`` layout without ``fc``."""
     return ResNet(BasicBlock, (3, 4, 6, 3), geometry=geometry, arch="resnet34")
 
 
 def resnet50(geometry: str = "modern") -> ResNet:
+    """ResNet-50 (Bottleneck v1.5, 3-4-6-3) backbone, torchvision's ``resnet50`` layout without ``fc``."""
     return ResNet(Bottleneck, (3, 4, 6, 3), geometry=geometry, arch="resnet50")
 
 
