@@ -92,15 +92,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, num_classes: int | None = None,
-                          name: str | None = None, map_location: str = "cpu") -> torch.nn.Module:
+                          name: str | None = None, map_location: str = "cpu",
+                          source: str | None = None) -> torch.nn.Module:
     """Rebuild the model described in a checkpoint and load its weights (strictly).
 
     ``num_classes``/``name``, when given, are what the caller expects: a checkpoint for a
-    different model or class count is refused with an error saying which.
+    different model or class count is refused with an error saying which. ``source`` names
+    the checkpoint in messages (default: its path, or "checkpoint" for a loaded dict).
     """
     from fcnseg.models import build_model, load_state_dict_checked
 
-    source = str(ckpt) if not isinstance(ckpt, dict) else "checkpoint"
+    source = source or (str(ckpt) if not isinstance(ckpt, dict) else "checkpoint")
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt, map_location)
     cfg = dict(ckpt["model"])

@@ -8,8 +8,10 @@ the training stack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fcnseg.bench", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
+    "convert-masks": ("fcnseg.data.convert_masks", "convert RGB colour masks to class-index palette PNGs"),
 }
 
 
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         reproducible_mkl()  # before any computation: MKL reads it once, at its first call
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.cli_main(args) or 0)
+        with _one_line_warnings(f"fcnseg {args.command}"):
+            return int(module.cli_main(args) or 0)
     except KeyboardInterrupt:
         print("fcnseg: interrupted", file=sys.stderr)
         return 130
@@ -62,7 +66,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-from fcnseg.errors import FcnsegError  # noqa: E402
+@contextlib.contextmanager
+def _one_line_warnings(prefix: str):
+    """Show fcnseg's own warnings (DataWarning) as one line ``<prefix>: warning: ...``, each once
+    (a dataset opened twice, e.g. for its split and its class scan, warns once)."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+        shown: set[str] = set()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DataWarning):
+                if str(message) not in shown:
+                    shown.add(str(message))
+                    print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+from fcnseg.errors import DataWarning, FcnsegError  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

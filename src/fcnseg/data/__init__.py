@@ -3,7 +3,8 @@
 Submodules: ``io`` (read_image, read_mask, write_palette_png, default_palette),
 ``datasets`` (open_dataset, VOCSegmentation, FolderPairs), ``transforms`` (paired
 transforms, train_transforms, eval_transforms, pad_collate), ``synthetic``
-(make_synthetic_voc) and ``download``. The names below are re-exported lazily so that
+(make_synthetic_voc), ``download``, ``mask_255`` (what mask value 255 means), ``splits``
+(``--val-fraction`` hold-out) and ``convert_masks`` (``fcnseg convert-masks``). The names below are re-exported lazily so that
 ``import fcnseg.data.io`` stays light (no torch import).
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ layout from what is on disk.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,8 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from fcnseg.data import io
+from fcnseg.data import mask_255 as m255
 from fcnseg.data.transforms import ToTensorNormalize
-from fcnseg.errors import ConfigError, DataError
+from fcnseg.errors import ConfigError, DataError, DataWarning
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -32,6 +34,10 @@ VOC_LAYOUT = ("VOC: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
               "ImageSets/Segmentation/<split>.txt [, class_names.txt]")
 FOLDER_LAYOUT = ("folder pairs: images/<name>.jpg|png + masks/<name>.png matched by file stem "
                  "(optionally images/<split>/ + masks/<split>/ or <split>.txt) [, class_names.txt]")
+# How a CLI user gets a validation set from a folder without splits (fcnseg train --val-fraction).
+NO_SPLIT_HINT = ("with `fcnseg train`, pass --val-fraction 0.1 to hold out 10% of the pairs for validation "
+                 "(it writes train.txt/val.txt to the run directory; --split/--train-split/--val-split accept "
+                 "such a .txt file); in Python, split=None takes every pair")
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple]
 
@@ -47,6 +53,7 @@ class SegmentationDataset(Dataset):
     class_names: list[str]
     palette: list[tuple[int, int, int]]
     ids: list[str]
+    mask_255: str | None = None  # None/"ignore": 255 = ignore; "class": 255 is class num_classes - 1
 
     def __init__(self, transforms: Transform | None = None):
         self.transforms = transforms
@@ -74,11 +81,23 @@ class SegmentationDataset(Dataset):
         return self._masks[self._index(i)]
 
     def read_mask(self, i: int) -> np.ndarray:
-        """Item ``i``'s mask, uint8 (H, W), labels validated against ``num_classes``."""
+        """Item ``i``'s mask, uint8 (H, W), labels validated against ``num_classes``
+        (with ``mask_255="class"``, 255 read as class ``num_classes - 1``)."""
         path = self.mask_path(i)
-        if path.suffix.lower() == ".mat":
-            return io.read_sbd_mask(path, self.num_classes)
-        return io.read_mask(path, self.num_classes)
+        n = m255.labels_to_check(self.mask_255, self.num_classes)
+        mask = io.read_sbd_mask(path, n) if path.suffix.lower() == ".mat" else io.read_mask(path, n)
+        return m255.apply(mask, self.mask_255, self.num_classes)
+
+    def _refuse_binary_0_255(self, where: Path) -> None:
+        """Refuse masks holding only 0 and 255 unless ``mask_255`` says what 255 means.
+
+        Reads this split's masks until one holds another value: one mask for real VOC-style data.
+        """
+        if self.mask_255 is not None:
+            return
+        present, n = m255.labels_present(_read_raw_mask, self._masks, stop_at_other=True)
+        if m255.is_binary_0_255(present):
+            raise m255.binary_error(where, self._masks, n)
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ``i``: image uint8 (H, W, 3) and mask uint8 (H, W), sizes checked."""
@@ -196,8 +215,9 @@ class VOCSegmentation(SegmentationDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Transform | None = None,
                  sbd_root: str | os.PathLike | None = None,
-                 sbd_splits: Sequence[str] = ("train", "val")):
+                 sbd_splits: Sequence[str] = ("train", "val"), mask_255: str | None = None):
         super().__init__(transforms)
+        self.mask_255 = m255.check_mode(mask_255)
         given = Path(root)
         if not given.is_dir():
             raise DataError(f"dataset root {given} does not exist or is not a folder; expected {VOC_LAYOUT}")
@@ -211,7 +231,7 @@ class VOCSegmentation(SegmentationDataset):
         if missing:
             raise DataError(f"VOC dataset root {root_} is incomplete: missing {', '.join(missing)}; "
                             f"expected {VOC_LAYOUT}; found: {_listing(root_)}")
-        split_file = sets_dir / f"{split}.txt"
+        split_file = split_file_arg(split) or sets_dir / f"{split}.txt"
         if not split_file.is_file():
             found = sorted(p.stem for p in sets_dir.glob("*.txt"))
             raise DataError(f"split file {split_file} not found; available splits in {sets_dir}: "
@@ -233,9 +253,15 @@ class VOCSegmentation(SegmentationDataset):
             self._add_sbd(Path(sbd_root), sets_dir, img_dir, sbd_splits)
 
         names_file = root_ / "class_names.txt"
-        self.class_names = read_class_names(names_file) if names_file.is_file() else list(VOC_CLASSES)
+        if names_file.is_file():
+            self.class_names = read_class_names(names_file)
+        elif self.mask_255 == "class":  # VOC's 21 classes never use 255: take the classes from the masks
+            self.class_names = _inferred_class_names(_scan_labels(mask_dir)[0], "class")
+        else:
+            self.class_names = list(VOC_CLASSES)
         self.num_classes = len(self.class_names)
         self.palette = _palette_for(self._masks[0])
+        self._refuse_binary_0_255(mask_dir)
 
     def _add_sbd(self, sbd_root: Path, sets_dir: Path, img_dir: Path, sbd_splits: Sequence[str]) -> None:
         sbd = _resolve_sbd_root(sbd_root)
@@ -270,26 +296,31 @@ class VOCSegmentation(SegmentationDataset):
 
 # ----------------------------------------------------------------------------- folder pairs
 
-# (masks folder, signature of its files) -> num_classes found by scanning: scan once per process.
-_SCAN_CACHE: dict[tuple[str, tuple], int] = {}
+# (masks folder, signature of its files) -> (labels present, mask files): scan once per process.
+_SCAN_CACHE: dict[tuple[str, tuple], tuple[np.ndarray, list[Path]]] = {}
 
 
 class FolderPairs(SegmentationDataset):
     """``images/`` + ``masks/`` folders, matched by file stem (``a.jpg`` <-> ``a.png``).
 
     Splits: ``split=None`` takes every pair; otherwise ``images/<split>/`` + ``masks/<split>/``
-    if they exist, else the stems listed in ``root/<split>.txt``.
+    if they exist, else the stems listed in ``root/<split>.txt``; a ``split`` ending in
+    ``.txt`` or holding a path separator is such a file itself (e.g. a run's ``val.txt``).
 
     Classes: ``class_names`` (argument) or ``root/class_names.txt``; otherwise
     ``num_classes = 1 + the largest label (other than 255) in any mask under masks/``,
     over all splits so train and val agree. That scan decodes every mask once; the
     result is cached per process. Writing ``class_names.txt`` avoids the scan and is
-    safer (a class absent from every mask cannot be detected).
+    safer (a class absent from every mask cannot be detected). Masks holding only 0 and
+    255 are refused unless ``mask_255`` says what 255 means (:mod:`fcnseg.data.mask_255`).
+    A mask without an image is left out with a :class:`~fcnseg.errors.DataWarning`.
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = None,
-                 transforms: Transform | None = None, class_names: Sequence[str] | None = None):
+                 transforms: Transform | None = None, class_names: Sequence[str] | None = None,
+                 mask_255: str | None = None):
         super().__init__(transforms)
+        self.mask_255 = m255.check_mode(mask_255)
         root_ = Path(root)
         self.root, self.split = root_, split
         images_root, masks_root = root_ / "images", root_ / "masks"
@@ -300,24 +331,31 @@ class FolderPairs(SegmentationDataset):
                             f"{FOLDER_LAYOUT}; found: {found}")
 
         stems: list[str] | None = None
+        split_file = split_file_arg(split) or root_ / f"{split}.txt"
         if split is None:
             img_dir, mask_dir = images_root, masks_root
-        elif (images_root / split).is_dir():
+        elif split_file_arg(split) is None and (images_root / split).is_dir():
             img_dir, mask_dir = images_root / split, masks_root / split
-        elif (root_ / f"{split}.txt").is_file():
+        elif split_file.is_file():
             img_dir, mask_dir = images_root, masks_root
-            stems = _read_split(root_ / f"{split}.txt")
+            stems = _read_split(split_file)
+        elif split_file_arg(split) is not None:
+            raise DataError(f"split file {split_file} not found; write one image stem per line")
         else:
             raise DataError(f"folder dataset {root_} has no split {split!r}: expected images/{split}/ + "
-                            f"masks/{split}/ or {root_ / (split + '.txt')}; pass split=None to use "
-                            f"every pair")
+                            f"masks/{split}/ or {split_file}; {NO_SPLIT_HINT}")
 
         images = _files_by_stem(img_dir, IMAGE_SUFFIXES)
         masks = _files_by_stem(mask_dir, MASK_SUFFIXES) if mask_dir.is_dir() else {}
+        orphans = sorted(masks[s].name for s in masks if s not in images)
+        if orphans:  # the reverse (an image without a mask) is an error below
+            warnings.warn(f"{len(orphans)} masks in {mask_dir} have no image in {img_dir} (matched by file "
+                          f"stem) and are left out: {', '.join(orphans[:5])}{', ...' if len(orphans) > 5 else ''}",
+                          DataWarning, stacklevel=2)
         if stems is not None:
             absent = [s for s in stems if s not in images]
             if absent:
-                raise DataError(f"split file {root_ / (split + '.txt')} lists {len(absent)} ids with no "
+                raise DataError(f"split file {split_file} lists {len(absent)} ids with no "
                                 f"image in {img_dir}: {', '.join(absent[:10])}")
             images = {s: images[s] for s in stems}
         if not images:
@@ -340,10 +378,23 @@ class FolderPairs(SegmentationDataset):
         elif names_file.is_file():
             self.class_names = read_class_names(names_file)
         else:
-            n = _scan_num_classes(masks_root)
-            self.class_names = [f"class_{i}" for i in range(n)]
+            present, files = _scan_labels(masks_root)
+            if self.mask_255 is None and m255.is_binary_0_255(present):
+                raise m255.binary_error(masks_root, files, len(files))
+            self.class_names = _inferred_class_names(present, self.mask_255, masks_root)
         self.num_classes = len(self.class_names)
         self.palette = _palette_for(self._masks[0])
+        if class_names is not None or names_file.is_file():  # declared classes: not scanned above
+            self._refuse_binary_0_255(mask_dir)
+
+
+    @staticmethod
+    def has_split(root: str | os.PathLike, split: str) -> bool:
+        """Whether ``root`` has split ``split`` (``images/<split>/``, ``<split>.txt``, or a split file)."""
+        path = split_file_arg(split)
+        if path is not None:
+            return path.is_file()
+        return (Path(root) / "images" / split).is_dir() or (Path(root) / f"{split}.txt").is_file()
 
 
 def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
@@ -361,33 +412,57 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
     return out
 
 
-def _scan_num_classes(masks_root: Path) -> int:
-    """1 + the largest non-ignore label over every mask under ``masks_root`` (cached)."""
+def _read_raw_mask(path: Path) -> np.ndarray:
+    """A mask's stored values (no label check, 255 as stored)."""
+    return io.read_sbd_mask(path) if path.suffix.lower() == ".mat" else io.read_mask(path)
+
+
+def _scan_labels(masks_root: Path) -> tuple[np.ndarray, list[Path]]:
+    """``(present (256,) bool, files)``: the values occurring in every mask under ``masks_root`` (cached)."""
     files = sorted(p for p in masks_root.rglob("*")
                    if p.suffix.lower() in MASK_SUFFIXES and p.is_file() and not p.name.startswith("."))
     sig = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(masks_root.resolve()), sig)
     if key not in _SCAN_CACHE:
-        largest = -1
-        for p in files:
-            counts = np.bincount(io.read_mask(p).ravel(), minlength=256)[:io.IGNORE_INDEX]
-            nz = np.flatnonzero(counts)
-            if nz.size:
-                largest = max(largest, int(nz[-1]))
-        if largest < 0:
-            raise DataError(f"every mask under {masks_root} is empty or all 255 (ignore); cannot "
-                            f"infer the classes: write class_names.txt")
-        _SCAN_CACHE[key] = largest + 1
+        present, _ = m255.labels_present(io.read_mask, files)
+        _SCAN_CACHE[key] = (present, files)
     return _SCAN_CACHE[key]
+
+
+def _inferred_class_names(present: np.ndarray, mask_255: str | None, masks_root: Path | None = None) -> list[str]:
+    """Class names from the labels present: ``class_0 .. class_<largest>``, plus the 255 class
+    (last) with ``mask_255="class"``; 0/255 masks give ``background, foreground``."""
+    labels = np.flatnonzero(present[:io.IGNORE_INDEX])  # (k,) labels other than 255
+    if mask_255 == "class":
+        if m255.is_binary_0_255(present):
+            return list(m255.BINARY_CLASS_NAMES)
+        n = int(labels[-1]) + 1 if labels.size else 0
+        return [f"class_{i}" for i in range(n)] + ["class_255"]
+    if not labels.size:
+        raise DataError(f"every mask under {masks_root} is empty or all 255 (ignore); cannot "
+                        f"infer the classes: write class_names.txt")
+    return [f"class_{i}" for i in range(int(labels[-1]) + 1)]
+
+
+def split_file_arg(split: str | None) -> Path | None:
+    """``split`` as a split-file path (it ends in ``.txt`` or holds a path separator), else None."""
+    if split is None or not (split.endswith(".txt") or "/" in split or os.sep in split):
+        return None
+    return Path(split)
 
 
 # ----------------------------------------------------------------------------- auto-detection
 
 def open_dataset(root: str | os.PathLike, split: str | None = "train", transforms: Transform | None = None,
-                 **kw) -> SegmentationDataset:
+                 mask_255: str | None = None, **kw) -> SegmentationDataset:
     """Open ``root`` as VOC layout (``sbd_root=``, ``sbd_splits=`` accepted) or folder pairs
     (``class_names=`` accepted), whichever is on disk. Keyword arguments that are None are
     ignored, so callers may pass e.g. ``sbd_root=args.sbd`` unconditionally.
+
+    ``split`` may also be a split file (a path ending in ``.txt``: one id per line).
+    ``mask_255``: what the mask value 255 means, ``"ignore"`` (VOC) or ``"class"`` (the last
+    class: 0/255 masks become background/foreground); None refuses masks holding only 0 and
+    255 (see :mod:`fcnseg.data.mask_255`).
     """
     root_ = Path(root)
     if not root_.is_dir():
@@ -397,10 +472,10 @@ def open_dataset(root: str | os.PathLike, split: str | None = "train", transform
     if resolve_voc_root(root_) is not None:
         _check_kwargs(kw, {"sbd_root", "sbd_splits"}, "VOC")
         return VOCSegmentation(root_, split="train" if split is None else split,
-                               transforms=transforms, **kw)
+                               transforms=transforms, mask_255=mask_255, **kw)
     if (root_ / "images").is_dir():
         _check_kwargs(kw, {"class_names"}, "folder-pairs")
-        return FolderPairs(root_, split=split, transforms=transforms, **kw)
+        return FolderPairs(root_, split=split, transforms=transforms, mask_255=mask_255, **kw)
     raise DataError(f"{root_} is not a dataset folder; accepted layouts: {VOC_LAYOUT}; or "
                     f"{FOLDER_LAYOUT}; found: {_listing(root_)}")
 

@@ -16,6 +16,7 @@ Run directory::
     best.pt            best val mIoU (weights + class names/palette + metrics)
     last.pt            resumable: + optimizer, scheduler, grad scaler, RNG states, position in the epoch
     summary.json       best mIoU, steps, why the run stopped
+    train.txt, val.txt with --val-fraction: the held-out split (reused by --resume)
 
 Reliability:
 
@@ -56,6 +57,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fcnseg.data.mask_255 import MODES as MASK_255_MODES
+from fcnseg.data.splits import SPLIT_FILES, prepare_holdout_files
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import STAGES, TrainConfig, check_resume_compatible, resolve, split_model_name
 from fcnseg.engine.evaluate import evaluate, json_safe, make_eval_loader
@@ -65,13 +68,13 @@ from fcnseg.engine.rng import capture_rng_state, deterministic_mode, restore_rng
 from fcnseg.engine.runtime import AMP_MODES, autocast, environment_info, resolve_amp, resolve_device
 from fcnseg.engine.sampling import ResumableSampler, SeededDataset, worker_init
 from fcnseg.engine.signals import StopRequest, TrainingInterrupted
-from fcnseg.errors import CheckpointError, ConfigError, DivergenceError, FcnsegError
+from fcnseg.errors import CheckpointError, ConfigError, DataError, DivergenceError, FcnsegError
 
 __all__ = ["TrainConfig", "train", "load_run_config", "TrainingInterrupted", "add_cli_arguments", "cli_main"]
 
 # Files a run writes; --overwrite removes exactly these (and stage sub-directories' copies).
 RUN_FILES = ("config.json", "metrics.jsonl", "steps.jsonl", "train_curve.png", "confusion_matrix.png",
-             "best.pt", "last.pt", "summary.json")
+             "best.pt", "last.pt", "summary.json", "train.txt", "val.txt")
 
 
 def log(msg: str) -> None:
@@ -142,9 +145,6 @@ def _load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
 
     ckpt = load_checkpoint(path)  # weights_only: refuses pickled code
     src = ckpt["model"].get("name", "?")
-    if ckpt["model"].get("num_classes") != num_classes:
-        raise CheckpointError(f"--init {path}: checkpoint has {ckpt['model'].get('num_classes')} classes but "
-                              f"the data has {num_classes}; use a checkpoint for this label set")
     src_stride, src_backbone = split_model_name(src)
     dst_stride, dst_backbone = split_model_name(model_name)
     if src_backbone != dst_backbone:
@@ -152,6 +152,14 @@ def _load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
                               f"cannot initialise '{model_name}' (backbone {dst_backbone})")
     if STAGES.index(src_stride) > STAGES.index(dst_stride):
         raise CheckpointError(f"--init {path}: cannot go from the finer '{src}' to the coarser '{model_name}'")
+    if ckpt["model"].get("num_classes") != num_classes:  # another label set: fine-tune from its backbone
+        from fcnseg.models.relabel import with_new_classes
+
+        model = with_new_classes(ckpt, model_name, num_classes, source=f"--init {path}")
+        log(f"initialised {model_name} from {path}: backbone copied; its {ckpt['model'].get('num_classes')}-class "
+            f"score layers re-initialised for the data's {num_classes} classes (score convs zero, upsampling "
+            f"bilinear)")
+        return model
     model = model_from_checkpoint(ckpt, num_classes=num_classes)
     if src_stride != dst_stride:
         model = upgrade(model, f"fcn{dst_stride}")  # staged training: new skips start at zero
@@ -225,16 +233,28 @@ class Trainer:
         D.barrier()
         seed_everything(cfg.seed)  # same on every rank: identical initial weights
 
-        self.train_ds = open_dataset(cfg.data, cfg.train_split,
+        train_split, val_split = cfg.train_split, cfg.val_split
+        if cfg.val_fraction is not None:  # split files written to (or, resuming, read from) the run dir
+            done = _on_main(lambda: prepare_holdout_files(cfg.data, cfg.train_split, cfg.val_fraction, cfg.seed,
+                                                          self.out, resume=cfg.resume))
+            D.barrier()
+            train_split, val_split = (str(self.out / name) for name in SPLIT_FILES)
+            if done:
+                log(done[2])
+        self.train_ds = open_dataset(cfg.data, train_split,
                                      transforms=train_transforms(cfg.crop_size, scale=tuple(cfg.scale)
                                                                  if cfg.scale else None),
-                                     sbd_root=cfg.sbd)  # SBD: train_aug minus VOC val
-        self.val_ds = open_dataset(cfg.data, cfg.val_split, transforms=eval_transforms())
+                                     sbd_root=cfg.sbd, mask_255=cfg.mask_255)  # SBD: train_aug minus VOC val
+        self.val_ds = open_dataset(cfg.data, val_split, transforms=eval_transforms(), mask_255=cfg.mask_255)
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
-            raise ConfigError(f"--data {cfg.data}: split {cfg.train_split!r} or {cfg.val_split!r} is empty")
+            raise ConfigError(f"--data {cfg.data}: split {train_split!r} or {val_split!r} is empty")
         self.num_classes = self.train_ds.num_classes
         if self.val_ds.num_classes != self.num_classes:
             raise ConfigError(f"--data {cfg.data}: train and val splits disagree on the number of classes")
+        if self.num_classes < 2:
+            raise DataError(f"--data {cfg.data}: the masks have a single class ({self.train_ds.class_names[0]!r}): "
+                            f"nothing to learn (loss 0, mIoU 100%). If mask value 255 is a class (0/255 masks), "
+                            f"pass --mask-255 class; otherwise list every class in {Path(cfg.data) / 'class_names.txt'}")
 
         resume_ckpt = None
         if cfg.resume:
@@ -736,7 +756,14 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-split", help=f"default {d.train_split}")
     g.add_argument("--sbd", metavar="DIR", help="add SBD's masks (benchmark_RELEASE/dataset) to the "
                                                 "VOC train split, minus VOC val (the paper's setup)")
-    g.add_argument("--val-split", help=f"default {d.val_split}")
+    g.add_argument("--val-split", help=f"default {d.val_split}; a split name or a split file (.txt, one id per line)")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help="hold out this fraction of the training images for validation (for data without a val "
+                        "split, e.g. a plain images/ + masks/ folder): a seeded shuffle (--seed), written to "
+                        "--out as train.txt / val.txt and reused by --resume")
+    g.add_argument("--mask-255", choices=MASK_255_MODES,
+                   help="what mask value 255 means: ignore (VOC's void, the default) or class (the last class: "
+                        "0/255 masks become background/foreground). Masks holding only 0 and 255 need it")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd (momentum 0.9, the paper) or adamw")
     g.add_argument("--lr", type=float, help="base learning rate (default 0.01 sgd, 1e-4 adamw)")
