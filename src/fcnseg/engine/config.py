@@ -133,6 +133,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.val_fraction is not None and not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1 (e.g. 0.1 holds out 10% for validation), "
                           f"got {cfg.val_fraction}")
+    if cfg.val_fraction is not None and cfg.sbd is not None:
+        raise ConfigError("--val-fraction with --sbd: VOC has its own val split; drop --val-fraction")
     check_mask_255(cfg.mask_255)
     if cfg.max_minutes is not None and not cfg.max_minutes > 0:
         raise ConfigError(f"--max-minutes must be > 0, got {cfg.max_minutes}")
