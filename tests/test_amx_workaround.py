@@ -114,7 +114,8 @@ _SWEEP = """
         for n in counts:
             # The registry's model is FCN(backbone, n, variant, geometry): reuse one backbone per
             # model so the sweep does not re-initialise VGG16 25 times.
-            model = base if n == counts[0] else FCN(base.backbone, n, base.variant, base.geometry)
+            model = base if n == counts[0] else FCN(base.backbone, n, base.variant, base.geometry,
+                                                    input_convention=base.prepare_input.convention)
             model.train()
             opt = torch.optim.SGD(model.parameters(), lr=1e-3)
             x = torch.randn(2, 3, size, size)

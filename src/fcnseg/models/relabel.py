@@ -25,6 +25,7 @@ def with_new_classes(ckpt: dict, name: str, num_classes: int, source: str = "che
     cfg.pop("name", None)
     cfg.pop("backbone_weights", None)
     cfg["num_classes"] = num_classes
+    cfg.setdefault("input_convention", "imagenet")  # as model_from_checkpoint: older checkpoints used it
     model = build_model(name, **cfg)
     backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
     load_state_dict_checked(model.backbone, backbone, source=source)  # strict: every backbone weight
