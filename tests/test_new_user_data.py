@@ -113,6 +113,19 @@ def test_binary_masks_with_255_as_ignore_are_a_single_class_and_refused(binary_f
     assert rc == 2 and "single class ('class_0')" in line and "nothing to learn" in line
 
 
+def test_a_refused_start_leaves_no_split_files(tmp_path, capsys):
+    root = tmp_path / "bin"
+    write_pairs(root, 4, binary=True)
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, "train", "--data", root, "--out", out, *TINY_ARGS, "--val-fraction", "0.5")
+    assert rc == 2 and "only the values 0 and 255" in err
+    assert list(out.iterdir()) == []  # so the corrected command needs no --overwrite
+    rc, _, err = run(capsys, "train", "--data", root, "--out", out, *TINY_ARGS, "--val-fraction", "0.5",
+                     "--mask-255", "class", "--iters", "1")
+    assert rc == 0, err
+    assert len((out / "val.txt").read_text().split()) == 2
+
+
 def test_voc_masks_keep_255_as_ignore_without_a_flag(tmp_path):
     rng = np.random.default_rng(0)
     items = []

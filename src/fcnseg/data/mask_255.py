@@ -64,7 +64,8 @@ def binary_error(where: str | os.PathLike, files: Sequence[Path], n_read: int) -
         f"the masks in {where} hold only the values 0 and 255 ({n_read} masks read, e.g. {shown}): with 255 "
         f"= ignore (the VOC convention) that is a single class and nothing to learn. If 255 marks the "
         f"foreground, pass --mask-255 class (2 classes: background 0, foreground 1; Python: "
-        f"open_dataset(..., mask_255='class')); if 255 really means ignore, pass --mask-255 ignore")
+        f"open_dataset(..., mask_255='class')); if 255 really means ignore (and class_names.txt lists the "
+        f"other classes), pass --mask-255 ignore")
 
 
 def apply(mask: np.ndarray, mask_255: str | None, num_classes: int) -> np.ndarray:

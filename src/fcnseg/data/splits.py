@@ -41,10 +41,10 @@ def holdout(ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], 
 
 
 def prepare_holdout_files(data: str | os.PathLike, train_split: str, fraction: float, seed: int,
-                          out: str | os.PathLike, *, resume: bool) -> tuple[Path, Path, str]:
+                          out: str | os.PathLike, *, resume: bool) -> tuple[Path, Path, str, bool]:
     """Write (or, with ``resume``, reuse) ``out/train.txt`` and ``out/val.txt``.
 
-    Returns ``(train_file, val_file, what was done)`` for the log.
+    Returns ``(train_file, val_file, what was done (for the log), whether the files were written)``.
     """
     from fcnseg.data.datasets import FolderPairs, open_dataset, resolve_voc_root
     from fcnseg.fileio import atomic_write_text
@@ -52,7 +52,7 @@ def prepare_holdout_files(data: str | os.PathLike, train_split: str, fraction: f
     out = Path(out)
     train_file, val_file = (out / name for name in SPLIT_FILES)
     if resume and train_file.is_file() and val_file.is_file():
-        return train_file, val_file, f"validation split reused from {train_file} and {val_file}"
+        return train_file, val_file, f"validation split reused from {train_file} and {val_file}", False
     root = Path(data)
     # The pool: the train split where the dataset has one, else (a flat folder) every pair.
     if resolve_voc_root(root) is None and not FolderPairs.has_split(root, train_split):
@@ -65,4 +65,4 @@ def prepare_holdout_files(data: str | os.PathLike, train_split: str, fraction: f
     atomic_write_text(val_file, "".join(f"{i}\n" for i in val_ids))
     return train_file, val_file, (f"validation split: {len(val_ids)} of {len(ids)} images of {source} held out "
                                   f"(--val-fraction {fraction:g}, seed {seed}); written to {train_file} and "
-                                  f"{val_file}")
+                                  f"{val_file}"), True

@@ -241,6 +241,7 @@ class Trainer:
             train_split, val_split = (str(self.out / name) for name in SPLIT_FILES)
             if done:
                 log(done[2])
+                self._fresh_split = done[3]
         self.train_ds = open_dataset(cfg.data, train_split,
                                      transforms=train_transforms(cfg.crop_size, scale=tuple(cfg.scale)
                                                                  if cfg.scale else None),
@@ -387,7 +388,13 @@ class Trainer:
             return self._run()
 
     def _run(self) -> Path:
-        self.setup()
+        try:
+            self.setup()
+        except FcnsegError:
+            if getattr(self, "_fresh_split", False):  # a refused start leaves the run dir as it found it
+                for name in SPLIT_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+            raise
         cfg, p = self.cfg, self.p
         t_start = time.monotonic()
         deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes else None
