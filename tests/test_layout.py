@@ -24,6 +24,7 @@ ALLOWED_LAZY: set[tuple[str, str]] = set()
 TORCH_FREE = [
     "fcnseg", "fcnseg.constants", "fcnseg.errors", "fcnseg.version", "fcnseg.labels", "fcnseg.sizes",
     "fcnseg.outputs", "fcnseg.jsonl", "fcnseg.cli", "fcnseg.data", "fcnseg.data.image_files",
+    "fcnseg.data.mask_255", "fcnseg.data.convert_masks",
     "fcnseg.infer", "fcnseg.infer.arrays", "fcnseg.infer.runner", "fcnseg.infer.segment",
     "fcnseg.infer.crf", "fcnseg.infer.onnx_runner", "fcnseg.infer.visualize", "fcnseg.api",
     "fcnseg.predict",

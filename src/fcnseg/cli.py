@@ -8,10 +8,13 @@ the training stack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
+from typing import Iterator
 
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import DataWarning, FcnsegError
 from fcnseg.version import __version__
 
 # command -> (module, one-line help)
@@ -24,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fcnseg.bench.cli", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
+    "convert-masks": ("fcnseg.data.convert_masks", "convert RGB colour masks to class-index palette PNGs"),
 }
 
 
@@ -57,13 +61,35 @@ def main(argv: list[str] | None = None) -> int:
         reproducible_mkl()  # before any computation: MKL reads it once, at its first call
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.cli_main(args) or 0)
+        with _one_line_warnings(f"fcnseg {args.command}"):
+            return int(module.cli_main(args) or 0)
     except KeyboardInterrupt:
         print("fcnseg: interrupted", file=sys.stderr)
         return 130
     except FcnsegError as e:  # user-facing errors: one clear line, no traceback
         print(f"fcnseg {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prefix: str) -> Iterator[None]:
+    """Show fcnseg's own warnings (DataWarning) as one line ``<prefix>: warning: ...``, each once
+    (a dataset opened twice, e.g. for its split and its class scan, warns once)."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+        shown: set[str] = set()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DataWarning):
+                if str(message) not in shown:
+                    shown.add(str(message))
+                    print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
 
 if __name__ == "__main__":
     sys.exit(main())

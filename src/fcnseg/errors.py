@@ -20,3 +20,10 @@ class ConfigError(FcnsegError, ValueError):
 
 class DivergenceError(FcnsegError, RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class DataWarning(UserWarning):
+    """Data that is usable but probably not what the user meant (e.g. masks without images).
+
+    The CLI prints these as one line, ``fcnseg <command>: warning: ...``.
+    """

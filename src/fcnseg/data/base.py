@@ -9,6 +9,7 @@ picks one from what is on disk.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -16,10 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fcnseg.constants import IMAGE_SUFFIXES
+from fcnseg.constants import IGNORE_INDEX, IMAGE_SUFFIXES, MASK_SUFFIXES
 from fcnseg.data import image_files
+from fcnseg.data import mask_255 as m255
 from fcnseg.data.transforms import ToTensorNormalize
 from fcnseg.errors import DataError
+from fcnseg.labels import class_names_or_default
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple]
 
@@ -35,6 +38,7 @@ class SegmentationDataset(Dataset):
     class_names: list[str]
     palette: list[tuple[int, int, int]]
     ids: list[str]
+    mask_255: str | None = None  # None/"ignore": 255 = ignore; "class": 255 is class num_classes - 1
 
     def __init__(self, transforms: Transform | None = None):
         self.transforms = transforms
@@ -62,11 +66,26 @@ class SegmentationDataset(Dataset):
         return self._masks[self._index(i)]
 
     def read_mask(self, i: int) -> np.ndarray:
-        """Item ``i``'s mask, uint8 (H, W), labels validated against ``num_classes``."""
+        """Item ``i``'s mask, uint8 (H, W), labels validated against ``num_classes``
+        (with ``mask_255="class"``, 255 read as class ``num_classes - 1``)."""
         path = self.mask_path(i)
+        n = m255.labels_to_check(self.mask_255, self.num_classes)
         if path.suffix.lower() == ".mat":
-            return image_files.read_sbd_mask(path, self.num_classes)
-        return image_files.read_mask(path, self.num_classes)
+            mask = image_files.read_sbd_mask(path, n)
+        else:
+            mask = image_files.read_mask(path, n)
+        return m255.apply(mask, self.mask_255, self.num_classes)
+
+    def _refuse_binary_0_255(self, where: Path) -> None:
+        """Refuse masks holding only 0 and 255 unless ``mask_255`` says what 255 means.
+
+        Reads this split's masks until one holds another value: one mask for real VOC-style data.
+        """
+        if self.mask_255 is not None:
+            return
+        present, n = m255.labels_present(read_raw_mask, self._masks, stop_at_other=True)
+        if m255.is_binary_0_255(present):
+            raise m255.binary_error(where, self._masks, n)
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ``i``: image uint8 (H, W, 3) and mask uint8 (H, W), sizes checked."""
@@ -145,3 +164,52 @@ def find_image(folder: Path, stem: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def split_file_arg(split: str | None) -> Path | None:
+    """``split`` as a split-file path (it ends in ``.txt`` or holds a path separator), else None."""
+    if split is None or not (split.endswith(".txt") or "/" in split or os.sep in split):
+        return None
+    return Path(split)
+
+
+def read_raw_mask(path: Path) -> np.ndarray:
+    """A mask's stored values, uint8 (H, W) (no label check, 255 as stored)."""
+    if path.suffix.lower() == ".mat":
+        return image_files.read_sbd_mask(path)
+    return image_files.read_mask(path)
+
+
+# (masks folder, signature of its files) -> (labels present, mask files): scan once per process.
+_SCAN_CACHE: dict[tuple[str, tuple], tuple[np.ndarray, list[Path]]] = {}
+
+
+def scan_labels(masks_root: Path) -> tuple[np.ndarray, list[Path]]:
+    """``(present (256,) bool, files)``: the values occurring in every mask under ``masks_root``.
+
+    Decodes every mask once; cached per process (keyed on the files' paths, sizes and mtimes).
+    """
+    files = sorted(p for p in masks_root.rglob("*")
+                   if p.suffix.lower() in MASK_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    sig = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(masks_root.resolve()), sig)
+    if key not in _SCAN_CACHE:
+        present, _ = m255.labels_present(image_files.read_mask, files)
+        _SCAN_CACHE[key] = (present, files)
+    return _SCAN_CACHE[key]
+
+
+def inferred_class_names(present: np.ndarray, mask_255: str | None,
+                         masks_root: Path | None = None) -> list[str]:
+    """Class names from the labels present (``(256,) bool``): ``class_0 .. class_<largest>``, plus
+    the 255 class (last) with ``mask_255="class"``; 0/255 masks give ``background, foreground``."""
+    labels = np.flatnonzero(present[:IGNORE_INDEX])  # (k,) labels other than 255
+    if mask_255 == "class":
+        if m255.is_binary_0_255(present):
+            return list(m255.BINARY_CLASS_NAMES)
+        n = int(labels[-1]) + 1 if labels.size else 0
+        return class_names_or_default(None, n) + ["class_255"]
+    if not labels.size:
+        raise DataError(f"every mask under {masks_root} is empty or all 255 (ignore); cannot "
+                        f"infer the classes: write class_names.txt")
+    return class_names_or_default(None, int(labels[-1]) + 1)

@@ -11,10 +11,15 @@ from fcnseg.errors import ConfigError, DataError
 
 
 def open_dataset(root: str | os.PathLike, split: str | None = "train", transforms: Transform | None = None,
-                 **kw) -> SegmentationDataset:
+                 mask_255: str | None = None, **kw) -> SegmentationDataset:
     """Open ``root`` as VOC layout (``sbd_root=``, ``sbd_splits=`` accepted) or folder pairs
     (``class_names=`` accepted), whichever is on disk. Keyword arguments that are None are
     ignored, so callers may pass e.g. ``sbd_root=args.sbd`` unconditionally.
+
+    ``split`` may also be a split file (a path ending in ``.txt``: one id per line).
+    ``mask_255``: what the mask value 255 means, ``"ignore"`` (VOC) or ``"class"`` (the last
+    class: 0/255 masks become background/foreground); None refuses masks holding only 0 and
+    255 (see :mod:`fcnseg.data.mask_255`).
     """
     root_ = Path(root)
     if not root_.is_dir():
@@ -24,10 +29,10 @@ def open_dataset(root: str | os.PathLike, split: str | None = "train", transform
     if resolve_voc_root(root_) is not None:
         _check_kwargs(kw, {"sbd_root", "sbd_splits"}, "VOC")
         return VOCSegmentation(root_, split="train" if split is None else split,
-                               transforms=transforms, **kw)
+                               transforms=transforms, mask_255=mask_255, **kw)
     if (root_ / "images").is_dir():
         _check_kwargs(kw, {"class_names"}, "folder-pairs")
-        return FolderPairs(root_, split=split, transforms=transforms, **kw)
+        return FolderPairs(root_, split=split, transforms=transforms, mask_255=mask_255, **kw)
     raise DataError(f"{root_} is not a dataset folder; accepted layouts: {VOC_LAYOUT}; or "
                     f"{FOLDER_LAYOUT}; found: {listing(root_)}")
 

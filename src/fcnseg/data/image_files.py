@@ -158,7 +158,8 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
         mode = im.mode
         if mode in ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
             raise DataError(f"mask {path} is an {mode} image (colours, not class indices); "
-                            f"{_MASK_HOWTO}")
+                            f"{_MASK_HOWTO}; colour masks convert with `fcnseg convert-masks "
+                            f"{Path(path).parent} NEW_FOLDER --colors palette.txt|auto`")
         if mode.startswith("I;16") or mode == "I":
             raise DataError(f"mask {path} is a 16-bit image (mode {mode!r}); class indices must be "
                             f"8-bit: {_MASK_HOWTO}")

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Sequence
 
 from fcnseg.constants import VOC_CLASSES
-from fcnseg.data.base import (SegmentationDataset, Transform, find_image, listing, palette_for,
-                              read_class_names, read_split)
+from fcnseg.data import mask_255 as m255
+from fcnseg.data.base import (SegmentationDataset, Transform, find_image, inferred_class_names, listing,
+                              palette_for, read_class_names, read_split, scan_labels, split_file_arg)
 from fcnseg.errors import DataError
 
 VOC_LAYOUT = ("VOC: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
@@ -38,7 +39,10 @@ class VOCSegmentation(SegmentationDataset):
     ``VOCdevkit/VOC2012`` as extracted from the official tar.
 
     Classes come from ``root/class_names.txt`` (one per line) if present, else the 21 VOC
-    classes. The palette is the first mask's PNG palette, else the VOC colour map.
+    classes (with ``mask_255="class"`` and no ``class_names.txt``: the classes found in the
+    masks, 255 the last). The palette is the first mask's PNG palette, else the VOC colour map.
+    ``split`` may be a split file (a path ending in ``.txt``). Masks holding only 0 and 255
+    are refused unless ``mask_255`` says what 255 means (:mod:`fcnseg.data.mask_255`).
 
     With ``sbd_root`` (SBD's ``benchmark_RELEASE/dataset``) and ``split="train"``, the
     SBD ids of ``sbd_splits`` that are not in VOC ``val`` are added ("train_aug": with the
@@ -48,8 +52,9 @@ class VOCSegmentation(SegmentationDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Transform | None = None,
                  sbd_root: str | os.PathLike | None = None,
-                 sbd_splits: Sequence[str] = ("train", "val")):
+                 sbd_splits: Sequence[str] = ("train", "val"), mask_255: str | None = None):
         super().__init__(transforms)
+        self.mask_255 = m255.check_mode(mask_255)
         given = Path(root)
         if not given.is_dir():
             raise DataError(f"dataset root {given} does not exist or is not a folder; expected {VOC_LAYOUT}")
@@ -63,7 +68,7 @@ class VOCSegmentation(SegmentationDataset):
         if missing:
             raise DataError(f"VOC dataset root {root_} is incomplete: missing {', '.join(missing)}; "
                             f"expected {VOC_LAYOUT}; found: {listing(root_)}")
-        split_file = sets_dir / f"{split}.txt"
+        split_file = split_file_arg(split) or sets_dir / f"{split}.txt"
         if not split_file.is_file():
             found = sorted(p.stem for p in sets_dir.glob("*.txt"))
             raise DataError(f"split file {split_file} not found; available splits in {sets_dir}: "
@@ -85,9 +90,15 @@ class VOCSegmentation(SegmentationDataset):
             self._add_sbd(Path(sbd_root), sets_dir, img_dir, sbd_splits)
 
         names_file = root_ / "class_names.txt"
-        self.class_names = read_class_names(names_file) if names_file.is_file() else list(VOC_CLASSES)
+        if names_file.is_file():
+            self.class_names = read_class_names(names_file)
+        elif self.mask_255 == "class":  # VOC's 21 classes never use 255: take the classes from the masks
+            self.class_names = inferred_class_names(scan_labels(mask_dir)[0], "class")
+        else:
+            self.class_names = list(VOC_CLASSES)
         self.num_classes = len(self.class_names)
         self.palette = palette_for(self._masks[0])
+        self._refuse_binary_0_255(mask_dir)
 
     def _add_sbd(self, sbd_root: Path, sets_dir: Path, img_dir: Path, sbd_splits: Sequence[str]) -> None:
         sbd = _resolve_sbd_root(sbd_root)

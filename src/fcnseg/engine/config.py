@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fcnseg.data.mask_255 import check_mode as check_mask_255
 from fcnseg.engine.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 from fcnseg.engine.runtime import AMP_MODES
 from fcnseg.errors import ConfigError, DataError
@@ -25,7 +26,7 @@ STAGES = ("32s", "16s", "8s")
 # Settings that define the optimisation trajectory: a resumed run must keep them.
 RESUME_IDENTITY = ("model", "model_kwargs", "geometry", "optimizer", "lr", "weight_decay", "momentum",
                    "poly_power", "warmup_iters", "batch_size", "crop_size", "scale", "seed", "deterministic",
-                   "class_weights", "amp", "channels_last", "train_split", "sbd")
+                   "class_weights", "amp", "channels_last", "train_split", "sbd", "mask_255", "val_fraction")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainConfig:
     train_split: str = "train"
     sbd: str | None = None  # SBD's benchmark_RELEASE/dataset: its masks join the VOC train split
     val_split: str = "val"
+    val_fraction: float | None = None  # hold out this fraction of the train pool (split files in the run dir)
+    mask_255: str | None = None  # what mask value 255 means: "ignore" | "class"; None refuses 0/255-only masks
     optimizer: str = "sgd"
     lr: float | None = None  # None -> DEFAULT_LR[optimizer]
     weight_decay: float | None = None  # None -> DEFAULT_WEIGHT_DECAY[optimizer]
@@ -125,6 +128,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--iters must be >= 1, got {cfg.iters}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ConfigError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.val_fraction is not None and not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1 (e.g. 0.1 holds out 10% for validation), "
+                          f"got {cfg.val_fraction}")
+    if cfg.val_fraction is not None and cfg.sbd is not None:
+        raise ConfigError("--val-fraction with --sbd: VOC has its own val split; drop --val-fraction")
+    check_mask_255(cfg.mask_255)
     if cfg.max_minutes is not None and not cfg.max_minutes > 0:
         raise ConfigError(f"--max-minutes must be > 0, got {cfg.max_minutes}")
     if isinstance(cfg.crop_size, (list, tuple)):

@@ -31,10 +31,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.constants import IGNORE_INDEX
 from fcnseg.data.datasets import open_dataset
 from fcnseg.data.image_files import read_image, read_mask
+from fcnseg.data.mask_255 import MODES as MASK_255_MODES
 from fcnseg.data.transforms import eval_transforms, pad_collate
 from fcnseg.engine import distributed as D
 from fcnseg.engine.runtime import AMP_MODES, autocast, resolve_amp, resolve_device
@@ -167,7 +168,12 @@ def _as_metric_input(a: np.ndarray) -> torch.Tensor:
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="fcnseg checkpoint (best.pt / last.pt)")
     p.add_argument("--data", required=True, help="dataset root (VOC layout or images/ + masks/)")
-    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--split", default="val",
+                   help="split to evaluate (default: val), or a split file (.txt, one id per line), e.g. the "
+                        "val.txt that train --val-fraction wrote to its run directory")
+    p.add_argument("--mask-255", choices=MASK_255_MODES,
+                   help="what mask value 255 means: ignore or class (the last class); default: as in training "
+                        "(the checkpoint's config)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
     p.add_argument("--bf", action="store_true", help="also compute the boundary F1 (BF) score (slower)")
     p.add_argument("--out", default=None, help="write eval.json and confusion_matrix.png into this directory")
@@ -183,8 +189,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False, out: str | None = None,
              overwrite: bool = False, batch_size: int = 1, workers: int = 2, device: str = "auto",
-             amp: str = "auto", channels_last: bool = False, progress: bool = True) -> dict:
+             amp: str = "auto", channels_last: bool = False, progress: bool = True,
+             mask_255: str | None = None) -> dict:
     """Load ``checkpoint`` safely, evaluate it on ``data``/``split``; write files to ``out``.
+
+    ``mask_255`` ("ignore" or "class", see :mod:`fcnseg.data.mask_255`) defaults to the
+    value the checkpoint was trained with.
 
     Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint`` and ``split``.
     """
@@ -206,9 +216,13 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
         err = D.broadcast_object(err)  # every rank stops on rank 0's error (no hang)
         if err:
             raise ConfigError(err)
-    ds = open_dataset(data, split, transforms=eval_transforms())
-    # Safe load (weights_only: a malicious pickle is refused); the class count must match the data.
-    model = model_from_checkpoint(checkpoint, num_classes=ds.num_classes)
+    ckpt = load_checkpoint(checkpoint)  # safe load (weights_only: a malicious pickle is refused)
+    if mask_255 is None:  # as trained
+        mask_255 = (ckpt.get("config") or {}).get("mask_255")
+    ds = open_dataset(data, split, transforms=eval_transforms(), mask_255=mask_255)
+    # The class count must match the data.
+    model = model_from_checkpoint(ckpt, num_classes=ds.num_classes, source=str(checkpoint))
+    del ckpt
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -228,7 +242,7 @@ def cli_main(args: argparse.Namespace) -> int:
         result = run_eval(args.checkpoint, args.data, args.split, bf=args.bf, out=args.out,
                           overwrite=args.overwrite, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, channels_last=args.channels_last,
-                          progress=not args.json)
+                          progress=not args.json, mask_255=args.mask_255)
         if D.is_main_process():
             if args.json:
                 print(to_json(result))

@@ -1,5 +1,7 @@
 """The model a training run starts from: built fresh (optionally with backbone weights), or
-``--init`` from an fcnseg checkpoint, upgraded FCN-32s -> 16s -> 8s when the heads differ.
+``--init`` from an fcnseg checkpoint, upgraded FCN-32s -> 16s -> 8s when the heads differ; a
+checkpoint of another class count gives its backbone, under fresh score layers
+(:mod:`fcnseg.models.relabel`).
 
 (A resumed run's model comes from its ``last.pt``: :func:`fcnseg.checkpoint.model_from_checkpoint`.)
 """
@@ -12,6 +14,7 @@ from fcnseg.engine.config import STAGES, TrainConfig, split_model_name
 from fcnseg.engine.distributed import log_main
 from fcnseg.errors import CheckpointError, ConfigError
 from fcnseg.models import build_model, upgrade
+from fcnseg.models.relabel import with_new_classes
 
 
 def initial_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -26,12 +29,13 @@ def initial_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
 
 
 def load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
-    """``--init CKPT``: the checkpoint's weights as ``model_name``, upgraded 32s -> 16s -> 8s if needed."""
+    """``--init CKPT``: the checkpoint's weights as ``model_name``, upgraded 32s -> 16s -> 8s if needed.
+
+    A checkpoint for another class count gives only its backbone: the score and upsampling
+    layers start as a new FCN's (score convs zero, upsampling bilinear).
+    """
     ckpt = load_checkpoint(path)  # weights_only: refuses pickled code
     src = ckpt["model"].get("name", "?")
-    if ckpt["model"].get("num_classes") != num_classes:
-        raise CheckpointError(f"--init {path}: checkpoint has {ckpt['model'].get('num_classes')} classes but "
-                              f"the data has {num_classes}; use a checkpoint for this label set")
     src_stride, src_backbone = split_model_name(src)
     dst_stride, dst_backbone = split_model_name(model_name)
     if src_backbone != dst_backbone:
@@ -39,6 +43,12 @@ def load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
                               f"cannot initialise '{model_name}' (backbone {dst_backbone})")
     if STAGES.index(src_stride) > STAGES.index(dst_stride):
         raise CheckpointError(f"--init {path}: cannot go from the finer '{src}' to the coarser '{model_name}'")
+    if ckpt["model"].get("num_classes") != num_classes:  # another label set: fine-tune from its backbone
+        model = with_new_classes(ckpt, model_name, num_classes, source=f"--init {path}")
+        log_main(f"initialised {model_name} from {path}: backbone copied; its {ckpt['model'].get('num_classes')}-"
+                 f"class score layers re-initialised for the data's {num_classes} classes (score convs zero, "
+                 f"upsampling bilinear)")
+        return model
     model = model_from_checkpoint(ckpt, num_classes=num_classes)
     if src_stride != dst_stride:
         model = upgrade(model, f"fcn{dst_stride}")  # staged training: new skips start at zero

@@ -11,6 +11,7 @@ plus its own ``config.json`` and ``summary.json``)::
     best.pt            best val mIoU (weights + class names/palette + metrics)
     last.pt            resumable: + optimizer, scheduler, grad scaler, RNG states, position in the epoch
     summary.json       best mIoU, steps, why the run stopped
+    train.txt, val.txt with --val-fraction: the held-out split (reused by --resume)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from fcnseg.outputs import atomic_write_text, prepare_output_dir
 
 # Files a run writes; --overwrite removes exactly these (and stage sub-directories' copies).
 RUN_FILES = ("config.json", "metrics.jsonl", "steps.jsonl", "train_curve.png", "confusion_matrix.png",
-             "best.pt", "last.pt", "summary.json")
+             "best.pt", "last.pt", "summary.json", "train.txt", "val.txt")
 
 
 def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, needs: str = "last.pt") -> None:

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from fcnseg.data.mask_255 import MODES as MASK_255_MODES
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import TrainConfig, resolve
 from fcnseg.engine.run_dir import load_run_config
@@ -121,14 +122,22 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
     g.add_argument("--geometry", choices=["modern", "caffe"], help=f"network geometry (default {d.geometry})")
     g.add_argument("--backbone-weights", metavar="PATH", help="ImageNet backbone weights (torchvision layout)")
-    g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed)")
+    g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed; "
+                                                  "of another class count: its backbone, new score layers)")
     g.add_argument("--stages", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], metavar="32s,16s,8s",
                    help="staged training with --model's backbone: one sub-directory per stage, each "
                         "initialised from the previous stage's best.pt")
     g.add_argument("--train-split", help=f"default {d.train_split}")
     g.add_argument("--sbd", metavar="DIR", help="add SBD's masks (benchmark_RELEASE/dataset) to the "
                                                 "VOC train split, minus VOC val (the paper's setup)")
-    g.add_argument("--val-split", help=f"default {d.val_split}")
+    g.add_argument("--val-split", help=f"default {d.val_split}; a split name or a split file (.txt, one id per line)")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help="hold out this fraction of the training images for validation (for data without a val "
+                        "split, e.g. a plain images/ + masks/ folder): a seeded shuffle (--seed), written to "
+                        "--out as train.txt / val.txt and reused by --resume")
+    g.add_argument("--mask-255", choices=MASK_255_MODES,
+                   help="what mask value 255 means: ignore (VOC's void, the default) or class (the last class: "
+                        "0/255 masks become background/foreground). Masks holding only 0 and 255 need it")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd (momentum 0.9, the paper) or adamw")
     g.add_argument("--lr", type=float, help="base learning rate (default 0.01 sgd, 1e-4 adamw)")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fcnseg.data import datasets
+from fcnseg.data.splits import SPLIT_FILES, prepare_holdout_files
 from fcnseg.data.transforms import eval_transforms, pad_collate, train_transforms
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import TrainConfig, check_resume_compatible
@@ -32,7 +33,7 @@ from fcnseg.engine.run_dir import prepare_run_dir, trim_logs, write_json
 from fcnseg.engine.runtime import autocast, environment_info, resolve_amp
 from fcnseg.engine.sampling import ResumableSampler, SeededDataset, worker_init
 from fcnseg.engine.signals import StopRequest, TrainingInterrupted
-from fcnseg.errors import ConfigError, DivergenceError
+from fcnseg.errors import ConfigError, DataError, DivergenceError, FcnsegError
 from fcnseg.jsonl import write_jsonl
 from fcnseg.plots import plot_confusion_matrix, plot_training_curve
 
@@ -49,6 +50,7 @@ class Trainer:
         self.metrics_rows: list[dict] = []
         self.best_metrics: dict | None = None
         self.stop = StopRequest()
+        self._fresh_split = False  # --val-fraction split files written by this start (removed if it is refused)
 
     def setup(self) -> None:
         cfg, dev = self.cfg, self.device
@@ -57,17 +59,30 @@ class Trainer:
         D.barrier()
         seed_everything(cfg.seed)  # same on every rank: identical initial weights
 
+        train_split, val_split = cfg.train_split, cfg.val_split
+        if cfg.val_fraction is not None:  # split files written to (or, resuming, read from) the run dir
+            done = D.run_on_main(lambda: prepare_holdout_files(cfg.data, cfg.train_split, cfg.val_fraction,
+                                                               cfg.seed, self.out, resume=cfg.resume))
+            D.barrier()
+            train_split, val_split = (str(self.out / name) for name in SPLIT_FILES)
+            if done:  # rank 0
+                D.log_main(done[2])
+                self._fresh_split = done[3]
         # Through the module: tests replace datasets.open_dataset to see when it is called.
-        self.train_ds = datasets.open_dataset(cfg.data, cfg.train_split,
+        self.train_ds = datasets.open_dataset(cfg.data, train_split,
                                               transforms=train_transforms(cfg.crop_size, scale=tuple(cfg.scale)
                                                                           if cfg.scale else None),
-                                              sbd_root=cfg.sbd)  # SBD: train_aug minus VOC val
-        self.val_ds = datasets.open_dataset(cfg.data, cfg.val_split, transforms=eval_transforms())
+                                              sbd_root=cfg.sbd, mask_255=cfg.mask_255)  # SBD: train_aug minus VOC val
+        self.val_ds = datasets.open_dataset(cfg.data, val_split, transforms=eval_transforms(), mask_255=cfg.mask_255)
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
-            raise ConfigError(f"--data {cfg.data}: split {cfg.train_split!r} or {cfg.val_split!r} is empty")
+            raise ConfigError(f"--data {cfg.data}: split {train_split!r} or {val_split!r} is empty")
         self.num_classes = self.train_ds.num_classes
         if self.val_ds.num_classes != self.num_classes:
             raise ConfigError(f"--data {cfg.data}: train and val splits disagree on the number of classes")
+        if self.num_classes < 2:
+            raise DataError(f"--data {cfg.data}: the masks have a single class ({self.train_ds.class_names[0]!r}): "
+                            f"nothing to learn (loss 0, mIoU 100%). If mask value 255 is a class (0/255 masks), "
+                            f"pass --mask-255 class; otherwise list every class in {Path(cfg.data) / 'class_names.txt'}")
 
         resume_ckpt = None
         if cfg.resume:
@@ -169,7 +184,13 @@ class Trainer:
             return self._run()
 
     def _run(self) -> Path:
-        self.setup()
+        try:
+            self.setup()
+        except FcnsegError:
+            if self._fresh_split:  # a refused start leaves the run dir as it found it
+                for name in SPLIT_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+            raise
         cfg, p = self.cfg, self.p
         t_start = time.monotonic()
         deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes else None

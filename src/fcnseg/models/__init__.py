@@ -1,9 +1,10 @@
 """FCN models: backbones, 32s/16s/8s heads, the registry of model names, surgery and staging.
 
-Architecture: :mod:`.backbones`, :mod:`.geometry`, :mod:`.fcn`, :mod:`.input_convention`.
+Architecture: :mod:`.backbones`, :mod:`.geometry`, :mod:`.fcn`, :mod:`.input_convention`,
+:mod:`.score_conv` (the score layers as GEMMs on CPU).
 Machinery: :mod:`.registry` (+ :mod:`.zoo`, one entry per model name), :mod:`.surgery`
-(state dicts), :mod:`.classifier_head`, :mod:`.staging`, :mod:`.flops`, :mod:`.fastpath`,
-:mod:`.table` (``fcnseg models``).
+(state dicts), :mod:`.classifier_head`, :mod:`.staging`, :mod:`.relabel` (another label set),
+:mod:`.flops`, :mod:`.fastpath`, :mod:`.table` (``fcnseg models``).
 """
 from fcnseg.models import zoo  # noqa: F401  (registers every model name)
 from fcnseg.models.backbones import BACKBONES, Backbone

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from fcnseg.models.backbones.base import Backbone
 from fcnseg.models.geometry import CoordMap, bilinear_kernel, offset_between, out_size, sizes_through
 from fcnseg.models.input_convention import STANDARD, ConvertInput
+from fcnseg.models.score_conv import score_conv
 
 # head variant -> strides of the score maps it fuses (coarse to fine)
 HEAD_STRIDES = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8)}
@@ -193,13 +194,14 @@ class FCN(nn.Module):
             x = F.pad(x, (0, max(c, m - W), 0, max(c, m - H)))
         feats = self.backbone(x)
         names = self.backbone.feature_names
-        score = self.score_fr(feats[names[32]])  # (B, N, h32, w32)
+        # score convs as GEMMs on CPU: oneDNN's AMX bf16 conv backward corrupts the heap (score_conv.py)
+        score = score_conv(self.score_fr, feats[names[32]])  # (B, N, h32, w32)
         for s in self.strides[1:]:
             up = self._upsample(_UP_NAME[s], score)  # (B, N, ~2*h, ~2*w)
             f = feats[names[s]]
             if self.at_once:
                 f = f * AT_ONCE_SCALE[s]
-            skip = getattr(self, _SKIP_NAME[s])(f)  # (B, N, h_s, w_s)
+            skip = score_conv(getattr(self, _SKIP_NAME[s]), f)  # (B, N, h_s, w_s)
             score = _fuse(up, skip, self._fuse_offsets[s])
         out = self._upsample(_FINAL_NAME[self.strides[-1]], score)  # (B, N, >=H+o, >=W+o)
         o = self._final_offset
