@@ -128,7 +128,8 @@ def as_rgb_array(image: Any) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"image array must be (H, W, 3) RGB, got shape {a.shape}")
+        raise ValueError(f"image array must be (H, W, 3) RGB (or (H, W) grayscale), got shape {a.shape}; "
+                         f"for several images pass a list of them (segment returns a list)")
     if a.dtype != np.uint8:
         raise ValueError(f"image array must be uint8 0..255, got {a.dtype}; "
                          f"convert with (x * 255).round().astype(numpy.uint8) if it is 0..1 float")
@@ -137,15 +138,38 @@ def as_rgb_array(image: Any) -> np.ndarray:
 
 def segment(model, image: Any, *, return_probs: bool = False, tile: int | str | None = None,
             overlap: int | None = None, crf: bool | dict = False):
-    """Segment one image at its own size.
+    """Segment one image at its own size, or each image of a list.
 
     ``image``: PIL image, uint8 (H, W, 3) array or a path. ``tile``: None (whole image),
     an int tile size (``overlap`` default tile/8), or ``"auto"`` (tiles only above a pixel
     budget; bounded memory for huge images). ``crf``: True or a dict of
     :func:`fcnseg.crf.dense_crf` keywords. Returns labels ``np.uint8 (H, W)``, or
     ``(labels, probs float32 (C, H, W))`` with ``return_probs``.
+
+    A list (or tuple) of such images, or a uint8 array (B, H, W, 3), gives a list of those
+    results in the same order. The images may differ in size: each is segmented on its own,
+    one after the other (no batching, so the results equal single calls exactly).
     """
     from fcnseg.inference import segment_array
 
-    return segment_array(model, as_rgb_array(image), tile=tile, overlap=overlap, crf=crf,
-                         return_probs=return_probs)
+    kwargs = dict(return_probs=return_probs, tile=tile, overlap=overlap, crf=crf)
+    images = _as_image_list(image)
+    if images is not None:
+        return [segment(model, im, **kwargs) for im in images]
+    return segment_array(model, as_rgb_array(image), **kwargs)
+
+
+def _as_image_list(image: Any) -> list | None:
+    """The images of a list/tuple of images or of a (B, H, W, C) array; None for one image.
+
+    A list of numbers (a nested-list image) is one image, not a list of images.
+    """
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        return list(image)
+    if not isinstance(image, (list, tuple)):
+        return None
+    if not image:
+        raise ValueError("segment got an empty list of images")
+    if all(isinstance(im, (str, os.PathLike, Image.Image, np.ndarray)) for im in image):
+        return list(image)
+    return None

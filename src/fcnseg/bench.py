@@ -45,6 +45,7 @@ from fcnseg.bench_report import (TARGETS, TORCHVISION_NAME, format_report, judge
                                  target_values)
 from fcnseg.bench_timing import (environment, fit_linear, matmul_peak, peak_rss_mb, synchronizer,
                                  time_callable)
+from fcnseg.engine.workers import default_workers, resolve_workers
 from fcnseg.errors import ConfigError, FcnsegError
 
 SCHEMA = "fcnseg-bench/1"
@@ -111,7 +112,7 @@ class BenchConfig:
     train_crop: int = 256
     train_batch: int = 2
     train_repeats: int = 3
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)  # usable CPUs - 1
     data: str | None = str(DEFAULT_DATA)
     loader_batches: int = 4   # batches per timed chunk
     loader_repeats: int = 5   # timed chunks
@@ -318,10 +319,11 @@ def _prepare_compile(model: nn.Module, x: torch.Tensor, device: torch.device) ->
 def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, device: torch.device, threads: int) -> Prepared:
     """Export with :func:`fcnseg.export.export_model` (checked against PyTorch) and run with
     onnxruntime, ``intra_op_num_threads`` = ``threads``."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise VariantSkipped("onnxruntime is not installed (pip install onnxruntime)") from None
+    from fcnseg.optional import available, install_hint
+
+    if not available("onnxruntime"):
+        raise VariantSkipped(f"onnxruntime is not installed ({install_hint('onnxruntime')})")
+    import onnxruntime as ort
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -489,6 +491,7 @@ def bench_loader(cfg: BenchConfig, pin_memory: bool = False) -> dict:
 
     from fcnseg.data.datasets import open_dataset
     from fcnseg.data.transforms import pad_collate, train_transforms
+    from fcnseg.engine.loader_errors import unwrapped_batches
 
     ds = open_dataset(cfg.data, "train", train_transforms(cfg.train_crop))
     needed = (1 + cfg.loader_repeats * cfg.loader_batches) * cfg.train_batch
@@ -498,7 +501,7 @@ def bench_loader(cfg: BenchConfig, pin_memory: bool = False) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.train_batch, shuffle=True, num_workers=cfg.workers,
                         collate_fn=pad_collate, drop_last=True, generator=gen, pin_memory=pin_memory)
-    it = iter(loader)
+    it = unwrapped_batches(loader)  # a worker's DataError reaches the user as one line
     next(it)  # warm-up: workers start, first batches are prefetched
     chunk_s = []
     for _ in range(repeats):
@@ -724,7 +727,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="backbone width of the fcn*_small models")
     p.add_argument("--train-crop", type=int, default=256, help="training/loader crop size (default 256)")
     p.add_argument("--train-batch", type=int, default=2, help="training/loader batch size (default 2)")
-    p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: --threads)")
+    p.add_argument("--workers", type=int, default=None, help=f"data-loader workers (default: the usable CPUs minus one for the "
+                        f"main process, at most 8; here {default_workers()})")
     p.add_argument("--data", default=str(DEFAULT_DATA),
                    help="VOC-layout dataset for the loader/metrics sections and realistic inputs "
                         "(default ../shared/data/camvid-voc; skipped if absent)")
@@ -785,7 +789,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         # GPUs need larger products to reach their peak than 2 CPU cores do.
         peak_sizes=([8192] if q else [4096, 8192]) if dtype == "cuda" else ([2048] if q else [2048, 3072]),
         train_crop=args.train_crop, train_batch=args.train_batch,
-        train_repeats=2 if q else 3, workers=args.workers if args.workers is not None else threads,
+        train_repeats=2 if q else 3, workers=resolve_workers(args.workers),
         data=args.data, loader_repeats=3 if q else 5, metric_images=2 if q else 4,
         scaling_model=args.scaling_model, scaling_sizes=scaling, scaling_variant=args.scaling_variant,
         scaling_repeats=2 if q else 3)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg.errors import CheckpointError, ConfigError
+from fcnseg.optional import require
 
 META_FORMAT = "fcnseg.format"            # "fcnseg-onnx"
 META_VERSION = "fcnseg.version"          # fcnseg version that exported it
@@ -26,12 +27,7 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConfigError("the ONNX runtime needs onnxruntime: pip install onnxruntime "
-                          "(or pip install 'fcnseg[onnx]')") from None
-    return onnxruntime
+    return require("onnxruntime", "running an ONNX model")
 
 
 class OnnxModel:

@@ -12,7 +12,11 @@ Per input ``<stem>`` (same size as the input, never resized):
 Runtimes: ``torch`` (an fcnseg checkpoint) or ``onnx`` (a file from ``fcnseg export``,
 run with onnxruntime; this path never imports torch, so this module imports torch
 only inside the torch branch). Unreadable inputs are reported and skipped; the exit
-code is 1 if any failed.
+code is 1 if any failed, and nothing is created when none succeeded.
+
+The files of one input are written as a set (:mod:`fcnseg.output_set`): all appear or
+none, also on Ctrl-C, which reports "n of N inputs done" and exits with 130.
+``--skip-existing`` then finishes the rest, skipping inputs whose set is complete.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import numpy as np
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.inference import (AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, class_names_or_default,
                               default_overlap, predict_tiled, segment_array)
+from fcnseg.output_set import OutputSet, is_complete
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 # Per-file failures that mean "this input is bad", not "fcnseg has a bug": reported and skipped.
@@ -52,8 +57,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"tile overlap in px (default SIZE/4; {AUTO_OVERLAP} with --tile auto)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default=None,
                    help="default: onnx for a .onnx model, else torch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose outputs are all in --out already (e.g. to finish an interrupted "
+                        "run); other inputs are written, so a non-empty --out is accepted")
 
 
 @dataclass
@@ -68,6 +77,9 @@ class Outputs:
     tile: int | str | None = None
     overlap: int | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    skip_existing: bool = False
+    done: int = 0  # inputs whose outputs were written by this run
+    skipped: int = 0  # inputs skipped by skip_existing (their outputs were complete)
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -86,20 +98,32 @@ def cli_main(args: argparse.Namespace) -> int:
         from fcnseg.crf import require_pydensecrf
 
         require_pydensecrf()  # fail before any work, not on the first image
-    out_dir = _prepare_out(args.out, args.overwrite)
+    new_dirs = _missing_dirs(Path(args.out))  # what _prepare_out creates: removed if nothing is written
+    out_dir = _prepare_out(args.out, args.overwrite or args.skip_existing)
     opts = Outputs(out_dir, args.alpha, args.heatmaps, Path(args.gt) if args.gt else None,
-                   args.crf, tile, args.overlap, failures)
-    n_bad_args = len(failures)  # arguments that named no image count as failed files
-    for name, reason in failures:
-        print(f"fcnseg predict: skipped {name}: {reason}", file=sys.stderr)
-    run(model, files, opts)
-    total = len(files) + n_bad_args
-    n_ok = len(files) - (len(opts.failures) - n_bad_args)
-    print(f"fcnseg predict: wrote predictions for {n_ok} of {len(files)} images to {out_dir}")
+                   args.crf, tile, args.overlap, failures, skip_existing=args.skip_existing)
+    # Each argument that named no image counts as one failed input; a folder counts its images.
+    total = len(files) + len(failures)
+    try:
+        run(model, files, opts)
+    except KeyboardInterrupt:
+        n_ok = opts.done + opts.skipped
+        if n_ok == 0:
+            _remove_empty(new_dirs)
+        where = (f"outputs in {out_dir}; to finish, run the same command with --skip-existing" if n_ok
+                 else "nothing written")
+        print(f"fcnseg predict: interrupted: {n_ok} of {total} inputs done; {where}", file=sys.stderr)
+        return 130
+    n_ok = opts.done + opts.skipped
+    done = f"{n_ok} of {total} inputs done" + (f" ({opts.skipped} already done: skipped)" if opts.skipped else "")
+    if n_ok == 0:
+        _remove_empty(new_dirs)  # nothing succeeded: leave nothing behind
     if opts.failures:
         listed = "; ".join(f"{name} ({reason})" for name, reason in opts.failures)
-        print(f"fcnseg predict: {len(opts.failures)} of {total} files failed: {listed}", file=sys.stderr)
+        where = f"outputs in {out_dir}" if n_ok else "nothing written"
+        print(f"fcnseg predict: {done}, {len(opts.failures)} failed: {listed}; {where}", file=sys.stderr)
         return 1
+    print(f"fcnseg predict: {done}; outputs in {out_dir}")
     return 0
 
 
@@ -109,16 +133,32 @@ def run(model, files: list[Path], opts: Outputs) -> None:
 
     bar = tqdm(files, desc="predict", unit="img", disable=None, file=sys.stderr)
     for path in bar:
+        if opts.skip_existing and is_complete(opts.out_dir, output_names(model, path.stem, opts)):
+            opts.skipped += 1
+            continue
         try:
             predict_file(model, path, opts)
+            opts.done += 1
         except _FILE_ERRORS as e:
             reason = str(e) if isinstance(e, FcnsegError) else f"{type(e).__name__}: {e}"
             opts.failures.append((str(path), reason))
             tqdm.write(f"fcnseg predict: skipped {path}: {reason}", file=sys.stderr)
 
 
+def output_names(model, stem: str, opts: Outputs) -> list[str]:
+    """The files written for input ``stem`` with these options; the marker ``<stem>.png`` last."""
+    names = [f"{stem}_overlay.png"]
+    if opts.heatmaps:
+        class_names = class_names_or_default(getattr(model, "class_names", None), model.num_classes)
+        names += [f"{stem}_prob_{safe_name(c)}.png" for c in class_names]
+    if opts.gt_dir is not None:
+        names.append(f"{stem}_panel.png")
+    return names + [f"{stem}.png"]
+
+
 def predict_file(model, path: Path, opts: Outputs) -> None:
-    """Segment one image file and write all requested outputs (each atomically)."""
+    """Segment one image file and write all requested outputs as a set: every file appears,
+    or (on an error or Ctrl-C before the end) none does; see :mod:`fcnseg.output_set`."""
     from fcnseg.data.io import read_image, read_mask, write_palette_png
     from fcnseg.fileio import atomic_save_image
     from fcnseg import visualize
@@ -141,16 +181,17 @@ def predict_file(model, path: Path, opts: Outputs) -> None:
     labels, probs = out if want_probs else (out, None)
     names = class_names_or_default(getattr(model, "class_names", None), n)
     palette = getattr(model, "palette", None)
-    out_dir, stem = opts.out_dir, path.stem
-    write_palette_png(labels, palette, out_dir / f"{stem}.png")
-    atomic_save_image(visualize.overlay(image, labels, palette, names, opts.alpha),
-                      out_dir / f"{stem}_overlay.png")
-    if probs is not None:
-        for c in range(n):
-            atomic_save_image(visualize.heatmap(probs[c]), out_dir / f"{stem}_prob_{safe_name(names[c])}.png")
-    if gt is not None:
-        atomic_save_image(visualize.error_panel(image, gt, labels, palette, names),
-                          out_dir / f"{stem}_panel.png")
+    stem = path.stem
+    with OutputSet(opts.out_dir, output_names(model, stem, opts)) as files:
+        write_palette_png(labels, palette, files.path(f"{stem}.png"))
+        atomic_save_image(visualize.overlay(image, labels, palette, names, opts.alpha),
+                          files.path(f"{stem}_overlay.png"))
+        if probs is not None:
+            for c in range(n):
+                atomic_save_image(visualize.heatmap(probs[c]), files.path(f"{stem}_prob_{safe_name(names[c])}.png"))
+        if gt is not None:
+            atomic_save_image(visualize.error_panel(image, gt, labels, palette, names),
+                              files.path(f"{stem}_panel.png"))
 
 
 def load_runner(path: str, runtime: str | None, device: str):
@@ -244,5 +285,23 @@ def _prepare_out(out: str, overwrite: bool) -> Path:
     return prepare_output_dir(out, overwrite=overwrite, what="prediction output")
 
 
-__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "predict_file", "predict_tiled",
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) that are empty: folders this run created for nothing."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else wrote there) or already gone
+            return
+
+
+__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "output_names", "predict_file", "predict_tiled",
            "load_runner", "run"]

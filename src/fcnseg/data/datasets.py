@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from fcnseg.data import io
 from fcnseg.data.transforms import ToTensorNormalize
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.optional import require
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -78,11 +79,11 @@ class SegmentationDataset(Dataset):
         path = self.mask_path(i)
         if path.suffix.lower() == ".mat":
             return io.read_sbd_mask(path, self.num_classes)
-        return io.read_mask(path, self.num_classes)
+        return io.read_mask(path, self.num_classes, not_found_hint=io.DATASET_HINT)
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ``i``: image uint8 (H, W, 3) and mask uint8 (H, W), sizes checked."""
-        image = io.read_image(self.image_path(i))
+        image = io.read_image(self.image_path(i), not_found_hint=io.DATASET_HINT)
         mask = self.read_mask(i)
         if image.shape[:2] != mask.shape:
             ih, iw = image.shape[:2]
@@ -244,11 +245,8 @@ class VOCSegmentation(SegmentationDataset):
             raise DataError(f"adding SBD needs VOC's {val_file} (SBD images in VOC val are left out "
                             f"to keep val unseen); restore it")
         exclude = set(_read_split(val_file)) | set(self.ids)
-        try:
-            import scipy.io  # noqa: F401  (fail now, not in a DataLoader worker)
-        except ImportError:
-            raise DataError("SBD masks are MATLAB .mat files: reading them needs scipy "
-                            "(pip install scipy), or train without the SBD root") from None
+        # Fail now, not in a DataLoader worker.
+        require("scipy.io", "adding SBD (MATLAB .mat masks; or train without --sbd)")
         for name in sbd_splits:
             split_file = sbd / f"{name}.txt"
             if not split_file.is_file():

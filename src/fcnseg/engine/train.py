@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import STAGES, TrainConfig, check_resume_compatible, resolve, split_model_name
 from fcnseg.engine.evaluate import evaluate, json_safe, make_eval_loader
+from fcnseg.engine.loader_errors import unwrapped_batches
 from fcnseg.engine.losses import load_class_weights, median_frequency_weights, pixel_frequencies, segmentation_loss
 from fcnseg.engine.optim import PolyLR, build_optimizer
 from fcnseg.engine.rng import capture_rng_state, deterministic_mode, restore_rng_state, seed_everything
@@ -123,9 +124,23 @@ def _prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, needs: str = "
 
     if resume:
         if not (out / needs).is_file():
+            if (out / "config.json").is_file():  # a run that crashed before writing `needs`
+                raise ConfigError(f"no {needs} in {out}: the run stopped before its first checkpoint, so there "
+                                  f"is nothing to resume; start it again with your original command plus "
+                                  f"--overwrite (without --resume)")
             raise ConfigError(f"--resume: {out / needs} not found; nothing to resume (start without --resume)")
         prepare_output_dir(out, overwrite=True, what="run")  # writable, enough free space
         return
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        # Say the one thing that works for what is there (prepare_output_dir would say --overwrite).
+        if (out / needs).is_file():
+            raise ConfigError(f"run directory {out} already holds results; pass --overwrite to replace them, "
+                              f"continue that run with `fcnseg train --out {out} --resume`, or choose "
+                              f"another --out")
+        if (out / "config.json").is_file():
+            raise ConfigError(f"run directory {out} holds a run that stopped before its first checkpoint (no "
+                              f"{needs}), so it cannot be resumed: pass --overwrite to start it again, or "
+                              f"choose another --out")
     prepare_output_dir(out, overwrite=overwrite, what="run")
     if overwrite:
         for sub in (out, *(out / s for s in STAGES)):
@@ -429,7 +444,7 @@ class Trainer:
         t0 = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.n_epochs}", leave=False, dynamic_ncols=True,
                    disable=(not self.main) or (None if cfg.progress else True))
-        it = iter(self.loader)
+        it = unwrapped_batches(self.loader)  # a worker's DataError reaches the user as one line
         try:
             for _ in range(n_batches):
                 x, y = next(it)
@@ -721,9 +736,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that --resume can tell what was given from what to take from the run.
     d = TrainConfig(data="", out="")
     p.epilog, p.formatter_class = CLI_EPILOG, argparse.RawDescriptionHelpFormatter
+    # --data is required except with --resume: argparse cannot say that, the usage does.
+    p.usage = "%(prog)s --data DIR --out DIR [options]\n       %(prog)s --out DIR --resume [options]"
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", help="dataset root (VOC layout or images/ + masks/)")
-    g.add_argument("--out", required=True, help="run directory")
+    g.add_argument("--data", metavar="DIR", help="dataset root (VOC layout or images/ + masks/); required, "
+                                                 "except with --resume (which takes it from the run)")
+    g.add_argument("--out", required=True, metavar="DIR", help="run directory")
     g.add_argument("--model", help=f"model name, see `fcnseg models` (default {d.model})")
     g.add_argument("--model-arg", action="append", type=_parse_kv, metavar="KEY=VALUE", dest="model_kwargs",
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
@@ -752,10 +770,14 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-weights", metavar="none|median-freq|FILE",
                    help="loss class weights: none, median-frequency balancing, or a file of numbers")
     g = p.add_argument_group("runtime")
-    g.add_argument("--workers", type=int, help=f"data-loading processes (default {d.workers})")
-    g.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default auto)")
+    g.add_argument("--workers", type=int, help=f"data-loading processes (default: the usable CPUs minus one "
+                                                f"for the main process, at most 8; here {d.workers})")
+    g.add_argument("--amp", choices=AMP_MODES,
+                   help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16; bf16 on "
+                        "CPUs with AMX; off (fp32) on other CPUs")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu or cuda")
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms: bit-identical runs on CPU")
