@@ -35,6 +35,9 @@ class OutputSet:
             save(overlay, files.path("a_overlay.png"))
             save(labels, files.path("a.png"))
         # on leaving the block without an exception: committed; on an exception: discarded
+
+    ``committed`` is True once every file is in place, also when a Ctrl-C held back during
+    the renames is then raised by :meth:`commit`.
     """
 
     def __init__(self, out_dir: str | os.PathLike, names: Sequence[str]):
@@ -59,11 +62,13 @@ class OutputSet:
         missing = [n for n in self.names if staged is None or not (staged / n).is_file()]
         if missing:
             raise RuntimeError(f"output set committed without writing {missing}")  # a bug, not bad input
-        with sigint_deferred():
-            for name in self.names:  # the marker is last: a set cut short stays incomplete
-                os.replace(staged / name, self.out_dir / name)
-            self.committed = True
-        self.discard()
+        try:
+            with sigint_deferred():  # a Ctrl-C meanwhile is raised when the block ends
+                for name in self.names:  # the marker is last: a set cut short stays incomplete
+                    os.replace(staged / name, self.out_dir / name)
+                self.committed = True
+        finally:
+            self.discard()
 
     def discard(self) -> None:
         """Remove the staging folder and whatever was not committed."""

@@ -137,8 +137,7 @@ def run(model, files: list[Path], opts: Outputs) -> None:
             opts.skipped += 1
             continue
         try:
-            predict_file(model, path, opts)
-            opts.done += 1
+            predict_file(model, path, opts)  # counts opts.done
         except _FILE_ERRORS as e:
             reason = str(e) if isinstance(e, FcnsegError) else f"{type(e).__name__}: {e}"
             opts.failures.append((str(path), reason))
@@ -182,7 +181,8 @@ def predict_file(model, path: Path, opts: Outputs) -> None:
     names = class_names_or_default(getattr(model, "class_names", None), n)
     palette = getattr(model, "palette", None)
     stem = path.stem
-    with OutputSet(opts.out_dir, output_names(model, stem, opts)) as files:
+    files = OutputSet(opts.out_dir, output_names(model, stem, opts))
+    try:
         write_palette_png(labels, palette, files.path(f"{stem}.png"))
         atomic_save_image(visualize.overlay(image, labels, palette, names, opts.alpha),
                           files.path(f"{stem}_overlay.png"))
@@ -192,6 +192,11 @@ def predict_file(model, path: Path, opts: Outputs) -> None:
         if gt is not None:
             atomic_save_image(visualize.error_panel(image, gt, labels, palette, names),
                               files.path(f"{stem}_panel.png"))
+        files.commit()  # a Ctrl-C during the renames is raised right after them
+    finally:
+        if files.committed:  # counted even when that deferred Ctrl-C is on its way
+            opts.done += 1
+        files.discard()
 
 
 def load_runner(path: str, runtime: str | None, device: str):
