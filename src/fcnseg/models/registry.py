@@ -30,7 +30,8 @@ def list_models() -> list[str]:
 
 def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
                 backbone_weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
-                upsampling: str = "paper", at_once: bool = False, **backbone_kwargs: Any) -> FCN:
+                upsampling: str = "paper", at_once: bool = False, input_convention: str | None = None,
+                **backbone_kwargs: Any) -> FCN:
     """Build a registered FCN.
 
     Args:
@@ -42,6 +43,9 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
             e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
         upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`).
         at_once: scale skip features as in all-at-once training.
+        input_convention: the pixel values the backbone's weights expect (``"imagenet"``,
+            ``"caffe"``, ``"tf"``, ...; see :mod:`fcnseg.models.input_convention`). None: the
+            backbone's own default. Callers always pass the standard ImageNet-normalised RGB input.
         **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``).
 
     Returns an :class:`FCN` whose ``fcn_config`` records these arguments.
@@ -55,13 +59,14 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
     if geometry not in ("modern", "caffe"):
         raise ValueError(f"geometry must be 'modern' or 'caffe', got {geometry!r}")
     model = _MODELS[name](num_classes=num_classes, geometry=geometry, upsampling=upsampling,
-                          at_once=at_once, **backbone_kwargs)
+                          at_once=at_once, input_convention=input_convention, **backbone_kwargs)
     if backbone_weights is not None:
         from fcnseg.models.surgery import load_backbone_weights
 
         load_backbone_weights(model.backbone, backbone_weights)
     model.fcn_config = {"name": name, "num_classes": num_classes, "geometry": geometry,
-                        "upsampling": upsampling, "at_once": at_once, **backbone_kwargs}
+                        "upsampling": upsampling, "at_once": at_once,
+                        "input_convention": model.prepare_input.convention, **backbone_kwargs}
     return model
 
 
@@ -69,13 +74,15 @@ def _make_entry(variant: str, arch: str) -> Callable[..., FCN]:
     factory = BACKBONES[arch]
     accepted = set(inspect.signature(factory).parameters) - {"geometry"}
 
-    def entry(num_classes: int, geometry: str, upsampling: str, at_once: bool, **kw: Any) -> FCN:
+    def entry(num_classes: int, geometry: str, upsampling: str, at_once: bool,
+              input_convention: str | None = None, **kw: Any) -> FCN:
         unknown = set(kw) - accepted
         if unknown:
             raise TypeError(f"fcn{variant}_{arch} got unknown option(s) {sorted(unknown)}; "
                             f"accepted: {sorted(accepted) or 'none'}")
         backbone = factory(geometry=geometry, **kw)
-        return FCN(backbone, num_classes, variant, geometry, upsampling, at_once)
+        convention = input_convention or getattr(backbone, "default_input_convention", "imagenet")
+        return FCN(backbone, num_classes, variant, geometry, upsampling, at_once, convention)
 
     entry.__doc__ = f"FCN-{variant} on {arch}."
     return entry
