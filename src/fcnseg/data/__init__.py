@@ -3,8 +3,8 @@
 Submodules: ``image_files`` (read_image, read_mask, write_palette_png, default_palette),
 ``datasets`` (open_dataset) over the layouts ``voc`` (VOCSegmentation) and ``folder_pairs``
 (FolderPairs), both on ``base`` (SegmentationDataset), ``transforms`` (paired transforms,
-train_transforms, eval_transforms, pad_collate), ``synthetic`` (make_synthetic_voc) and
-``download``. The names below are re-exported lazily so that ``import fcnseg.data`` and
+train_transforms, eval_transforms, pad_collate), ``synthetic`` (make_synthetic_voc),
+``download`` and ``check`` (``fcnseg check-data``). The names below are re-exported lazily so that ``import fcnseg.data`` and
 ``fcnseg.data.image_files`` stay light (no torch import).
 """
 from __future__ import annotations

@@ -66,11 +66,11 @@ class SegmentationDataset(Dataset):
         path = self.mask_path(i)
         if path.suffix.lower() == ".mat":
             return image_files.read_sbd_mask(path, self.num_classes)
-        return image_files.read_mask(path, self.num_classes)
+        return image_files.read_mask(path, self.num_classes, not_found_hint=image_files.DATASET_HINT)
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ``i``: image uint8 (H, W, 3) and mask uint8 (H, W), sizes checked."""
-        image = image_files.read_image(self.image_path(i))
+        image = image_files.read_image(self.image_path(i), not_found_hint=image_files.DATASET_HINT)
         mask = self.read_mask(i)
         if image.shape[:2] != mask.shape:
             ih, iw = image.shape[:2]
