@@ -243,6 +243,9 @@ def test_read_sbd_mask_without_scipy(tmp_path, monkeypatch):
     import sys
 
     (tmp_path / "a.mat").write_bytes(b"x")
+    from fcnseg.optional import MissingDependencyError
+
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # makes `import scipy.io` fail
-    with pytest.raises(DataError, match=r"a\.mat needs scipy: pip install scipy"):
+    with pytest.raises(MissingDependencyError, match=r"a\.mat .*needs the optional package scipy.*"
+                                                     r"pip install 'fcnseg\[sbd\]'"):
         io.read_sbd_mask(tmp_path / "a.mat")

@@ -23,7 +23,8 @@ ALLOWED_LAZY: set[tuple[str, str]] = set()
 # loads (`fcnseg predict --runtime onnx` runs with numpy, Pillow and onnxruntime only).
 TORCH_FREE = [
     "fcnseg", "fcnseg.constants", "fcnseg.errors", "fcnseg.version", "fcnseg.labels", "fcnseg.sizes",
-    "fcnseg.outputs", "fcnseg.jsonl", "fcnseg.cli", "fcnseg.data", "fcnseg.data.image_files",
+    "fcnseg.outputs", "fcnseg.jsonl", "fcnseg.optional", "fcnseg.output_set", "fcnseg.engine.loader_errors",
+    "fcnseg.cli", "fcnseg.data", "fcnseg.data.image_files",
     "fcnseg.data.mask_255", "fcnseg.data.convert_masks",
     "fcnseg.infer", "fcnseg.infer.arrays", "fcnseg.infer.runner", "fcnseg.infer.segment",
     "fcnseg.infer.crf", "fcnseg.infer.onnx_runner", "fcnseg.infer.visualize", "fcnseg.api",

@@ -66,7 +66,7 @@ def test_predict_writes_every_output(ckpt, inputs, tmp_path, capsys):
             assert hm.size == (w, h) and hm.mode == "RGB"
         assert (out / f"{path.stem}_panel.png").is_file()
     assert (out / "a_prob_green_thing.png").is_file()  # names made file-safe
-    assert "wrote predictions for 3 of 3 images" in capsys.readouterr().out
+    assert "3 of 3 inputs done" in capsys.readouterr().out
 
 
 def test_bad_files_are_reported_skipped_and_fail_the_run(ckpt, inputs, tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_bad_files_are_reported_skipped_and_fail_the_run(ckpt, inputs, tmp_path,
                "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "3 of 5 files failed" in err
+    assert "2 of 5 inputs done, 3 failed" in err
     for name in ("broken.png", "empty.jpg", "missing.png"):
         assert name in err
     assert "not an image" in err and "empty" in err and "no such file" in err
@@ -180,5 +180,5 @@ def test_missing_or_mismatched_ground_truth_fails_that_file(ckpt, inputs, tmp_pa
     rc = main(["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(tmp_path / "o"),
                "--gt", str(gt_dir)])
     err = capsys.readouterr().err
-    assert rc == 1 and "2 of 2 files failed" in err
+    assert rc == 1 and "0 of 2 inputs done, 2 failed" in err
     assert "masks must match their images" in err and f"no ground truth {gt_dir / 'b.png'}" in err

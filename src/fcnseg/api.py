@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fcnseg.data.image_files import default_palette
-from fcnseg.infer.arrays import as_rgb_array
+from fcnseg.infer.arrays import as_image_list, as_rgb_array
 from fcnseg.infer.onnx_runner import OnnxModel
 from fcnseg.infer.segment import segment_array
 from fcnseg.labels import class_names_or_default
@@ -50,13 +50,20 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
 def segment(model, image: Any, *, return_probs: bool = False, tile: int | str | None = None,
             overlap: int | None = None, crf: bool | dict = False):
-    """Segment one image at its own size.
+    """Segment one image at its own size, or each image of a list.
 
     ``image``: PIL image, uint8 (H, W, 3) array or a path. ``tile``: None (whole image),
     an int tile size (``overlap`` default tile/4), or ``"auto"`` (tiles only above a pixel
     budget; bounded memory for huge images). ``crf``: True or a dict of
     :func:`fcnseg.infer.crf.dense_crf` keywords. Returns labels ``np.uint8 (H, W)``, or
     ``(labels, probs float32 (C, H, W))`` with ``return_probs``.
+
+    A list (or tuple) of such images, or a uint8 array (B, H, W, 3), gives a list of those
+    results in the same order. The images may differ in size: each is segmented on its own,
+    one after the other (no batching, so the results equal single calls exactly).
     """
-    return segment_array(model, as_rgb_array(image), tile=tile, overlap=overlap, crf=crf,
-                         return_probs=return_probs)
+    kwargs = dict(return_probs=return_probs, tile=tile, overlap=overlap, crf=crf)
+    images = as_image_list(image)
+    if images is not None:
+        return [segment(model, im, **kwargs) for im in images]
+    return segment_array(model, as_rgb_array(image), **kwargs)

@@ -14,13 +14,14 @@ import sys
 import warnings
 from typing import Iterator
 
+from fcnseg.engine.loader_errors import unwrap_worker_error
 from fcnseg.errors import DataWarning, FcnsegError
 from fcnseg.version import __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("fcnseg.models.table", "list registered models (parameters, GFLOPs)"),
-    "train": ("fcnseg.engine.train", "train an FCN on a VOC-layout dataset"),
+    "train": ("fcnseg.engine.train", "train an FCN on your images and masks (VOC layout or images/ + masks/)"),
     "eval": ("fcnseg.engine.evaluate", "evaluate a checkpoint (confusion matrix, mIoU, BF score)"),
     "predict": ("fcnseg.predict", "segment images: palette PNGs, overlays, heatmaps"),
     "export": ("fcnseg.export", "export a checkpoint to ONNX, checked against PyTorch"),
@@ -28,19 +29,45 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
     "convert-masks": ("fcnseg.data.convert_masks", "convert RGB colour masks to class-index palette PNGs"),
+    "check-data": ("fcnseg.data.check", "read every image and mask of a dataset; report all problems"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fcnseg`` parser; only the command named in ``sys.argv`` gets its options (see above)."""
-    parser = argparse.ArgumentParser(prog="fcnseg", description=__doc__.splitlines()[0])
+DESCRIPTION = """\
+Semantic segmentation with Fully Convolutional Networks (FCN-32s, FCN-16s, FCN-8s;
+Long, Shelhamer and Darrell). Train a model on your own images and label masks, evaluate
+it, segment new photos, and export it to ONNX; everything runs on a CPU, faster on a GPU."""
+
+EPILOG = """\
+a first session:
+  fcnseg demo                                    # synthetic data: train, evaluate, predict in minutes
+  fcnseg check-data data/mine                    # read every image and mask, report all problems
+  fcnseg train --data data/mine --model fcn8s_resnet18 --out runs/mine
+  fcnseg eval --checkpoint runs/mine/best.pt --data data/mine --split val
+  fcnseg predict --checkpoint runs/mine/best.pt photos/ --out preds
+
+Run `fcnseg COMMAND --help` for the options of a command."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and a pointer to --help), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser(all_commands: bool = False) -> argparse.ArgumentParser:
+    """The ``fcnseg`` parser. Only the command named in ``sys.argv[1]`` gets its options (its
+    module is imported), unless ``all_commands`` (for tests and documentation)."""
+    parser = OneLineErrorParser(prog="fcnseg", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = sys.argv[1] if len(sys.argv) > 1 else None
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         # Only the chosen command's module is imported (fast start, light runtimes).
-        if name == wanted:
+        if name == wanted or all_commands:
             importlib.import_module(module).add_cli_arguments(p)
     return parser
 
@@ -67,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print("fcnseg: interrupted", file=sys.stderr)
         return 130
     except FcnsegError as e:  # user-facing errors: one clear line, no traceback
-        print(f"fcnseg {args.command}: error: {e}", file=sys.stderr)
+        # (unwrap_worker_error: the worker's own message, if a DataLoader worker raised it)
+        print(f"fcnseg {args.command}: error: {unwrap_worker_error(e)}", file=sys.stderr)
         return 2
 
 

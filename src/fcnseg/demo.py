@@ -137,7 +137,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"run directory (default {DEFAULT_OUT})")
     p.add_argument("--minutes", type=float, default=6.0,
                    help="training time cap (default 6; the 25-epoch schedule takes ~4 on 2 cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generated data and of training (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo run")
 
 

@@ -39,6 +39,7 @@ from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.infer.onnx_runner import (INPUT_NAME, META_CLASS_NAMES, META_FORMAT, META_MODEL,
                                       META_NORMALIZATION, META_PALETTE, META_VERSION, ONNX_FORMAT,
                                       OUTPUT_NAME, import_onnxruntime)
+from fcnseg.optional import available, require
 from fcnseg.outputs import atomic_write
 from fcnseg.version import __version__
 
@@ -127,6 +128,7 @@ def export_onnx(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, *,
     """
     if isinstance(checkpoint, dict):
         raise ConfigError("export_onnx takes a checkpoint path")
+    _require_onnx()  # before the (slow) model load
     model = load_model(checkpoint, device="cpu")
     meta = {
         META_FORMAT: ONNX_FORMAT,
@@ -147,6 +149,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: di
                  check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportResult:
     """Export ``model`` (eval mode, CPU), check it, and write it with ``metadata`` atomically."""
     out = Path(out)
+    _require_onnx()
     model = model.eval().cpu()
     if exporter == "auto":
         # dynamo emits opset >= 18 natively (older ones only by a down-conversion that fails
@@ -155,8 +158,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: di
         if not _has_onnxscript():
             order.remove("dynamo")
     elif exporter == "dynamo" and not _has_onnxscript():
-        raise ConfigError("--exporter dynamo needs onnxscript: pip install onnxscript "
-                          "(or pip install 'fcnseg[onnx]'), or use --exporter torchscript")
+        require("onnxscript", "--exporter dynamo (or use --exporter torchscript)")
     elif exporter in ("dynamo", "torchscript"):
         order = [exporter]
     else:
@@ -191,8 +193,7 @@ class _ExportFailed(Exception):
 def _export_bytes(model: torch.nn.Module, exporter: str, opset: int,
                   metadata: dict[str, str]) -> tuple[bytes, int]:
     """Serialised ONNX model with dynamic B/H/W and ``metadata`` in metadata_props."""
-    import onnx  # optional dependency (fcnseg[onnx]): only exports need it
-
+    onnx = require("onnx", "ONNX export")
     n = getattr(model, "num_classes", None)
     # An example input of a size that is not a multiple of the stride, so that the
     # tracer cannot bake in a convenient size (shapes are dynamic anyway).
@@ -271,12 +272,14 @@ def _judge(checks: list[CheckResult], rtol: float, min_agreement: float, exporte
                 f"{100 * c.agreement:.3f}% (need {100 * min_agreement:.2f}%)")
 
 
+def _require_onnx() -> None:
+    """onnx writes the file, onnxruntime checks it against PyTorch: both are needed."""
+    require("onnx", "ONNX export")
+    require("onnxruntime", "ONNX export (checking the exported model)")
+
+
 def _has_onnxscript() -> bool:
-    try:
-        import onnxscript  # noqa: F401  (optional dependency: the dynamo exporter needs it)
-    except ImportError:
-        return False
-    return True
+    return available("onnxscript")
 
 
 @contextlib.contextmanager

@@ -12,20 +12,55 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
 from fcnseg.errors import ConfigError
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux reports it in /proc/self/status (since 4.7). Elsewhere it can only be read by
+    setting it (``os.umask`` returns the old value) and setting it back; the umask is
+    process-wide, so that is done under a lock, and the window is a few microseconds.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """Permissions a file created now gets from ``open()``: 0o666 minus the umask (0644 with 022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    The file gets the permissions ``open()`` would give it (the umask is honoured), not the
+    0600 of the temporary file, so results in a shared folder stay readable to others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            if hasattr(os, "fchmod"):  # POSIX; mkstemp creates 0600 whatever the umask
+                os.fchmod(f.fileno(), new_file_mode())
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -12,7 +12,12 @@ Per input ``<stem>`` (same size as the input, never resized):
 Runtimes: ``torch`` (an fcnseg checkpoint) or ``onnx`` (a file from ``fcnseg export``,
 run with onnxruntime; this path never imports torch, so this module imports the torch
 stack only inside the torch branch). The work is done by :mod:`fcnseg.infer`.
-Unreadable inputs are reported and skipped; the exit code is 1 if any failed.
+Unreadable inputs are reported and skipped; the exit code is 1 if any failed, and nothing
+is created when none succeeded.
+
+The files of one input are written as a set (:mod:`fcnseg.output_set`): all appear or
+none, also on Ctrl-C, which reports "n of N inputs done" and exits with 130.
+``--skip-existing`` then finishes the rest, skipping inputs whose set is complete.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from fcnseg.infer.crf import require_pydensecrf
 from fcnseg.infer.onnx_runner import OnnxModel
 from fcnseg.infer.segment import AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, default_overlap, segment_array
 from fcnseg.labels import class_names_or_default
+from fcnseg.output_set import OutputSet, is_complete
 from fcnseg.outputs import atomic_save_image, prepare_output_dir
 # Per-file failures that mean "this input is bad", not "fcnseg has a bug": reported and skipped.
 _FILE_ERRORS = (FcnsegError, OSError, MemoryError)
@@ -57,8 +63,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"tile overlap in px (default SIZE/4; {AUTO_OVERLAP} with --tile auto)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default=None,
                    help="default: onnx for a .onnx model, else torch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose outputs are all in --out already (e.g. to finish an interrupted "
+                        "run); other inputs are written, so a non-empty --out is accepted")
 
 
 @dataclass
@@ -73,6 +83,9 @@ class Outputs:
     tile: int | str | None = None
     overlap: int | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    skip_existing: bool = False
+    done: int = 0  # inputs whose outputs were written by this run
+    skipped: int = 0  # inputs skipped by skip_existing (their outputs were complete)
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -89,20 +102,33 @@ def cli_main(args: argparse.Namespace) -> int:
     model = load_runner(args.checkpoint, args.runtime, args.device)
     if args.crf:
         require_pydensecrf()  # fail before any work, not on the first image
-    out_dir = prepare_output_dir(args.out, overwrite=args.overwrite, what="prediction output")
+    new_dirs = _missing_dirs(Path(args.out))  # what prepare_output_dir creates: removed if nothing is written
+    out_dir = prepare_output_dir(args.out, overwrite=args.overwrite or args.skip_existing,
+                                 what="prediction output")
     opts = Outputs(out_dir, args.alpha, args.heatmaps, Path(args.gt) if args.gt else None,
-                   args.crf, tile, args.overlap, failures)
-    n_bad_args = len(failures)  # arguments that named no image count as failed files
-    for name, reason in failures:
-        print(f"fcnseg predict: skipped {name}: {reason}", file=sys.stderr)
-    run(model, files, opts)
-    total = len(files) + n_bad_args
-    n_ok = len(files) - (len(opts.failures) - n_bad_args)
-    print(f"fcnseg predict: wrote predictions for {n_ok} of {len(files)} images to {out_dir}")
+                   args.crf, tile, args.overlap, failures, skip_existing=args.skip_existing)
+    # Each argument that named no image counts as one failed input; a folder counts its images.
+    total = len(files) + len(failures)
+    try:
+        run(model, files, opts)
+    except KeyboardInterrupt:
+        n_ok = opts.done + opts.skipped
+        if n_ok == 0:
+            _remove_empty(new_dirs)
+        where = (f"outputs in {out_dir}; to finish, run the same command with --skip-existing" if n_ok
+                 else "nothing written")
+        print(f"fcnseg predict: interrupted: {n_ok} of {total} inputs done; {where}", file=sys.stderr)
+        return 130
+    n_ok = opts.done + opts.skipped
+    done = f"{n_ok} of {total} inputs done" + (f" ({opts.skipped} already done: skipped)" if opts.skipped else "")
+    if n_ok == 0:
+        _remove_empty(new_dirs)  # nothing succeeded: leave nothing behind
     if opts.failures:
         listed = "; ".join(f"{name} ({reason})" for name, reason in opts.failures)
-        print(f"fcnseg predict: {len(opts.failures)} of {total} files failed: {listed}", file=sys.stderr)
+        where = f"outputs in {out_dir}" if n_ok else "nothing written"
+        print(f"fcnseg predict: {done}, {len(opts.failures)} failed: {listed}; {where}", file=sys.stderr)
         return 1
+    print(f"fcnseg predict: {done}; outputs in {out_dir}")
     return 0
 
 
@@ -110,16 +136,31 @@ def run(model, files: list[Path], opts: Outputs) -> None:
     """Segment ``files`` and write their outputs; failures are appended to ``opts.failures``."""
     bar = tqdm(files, desc="predict", unit="img", disable=None, file=sys.stderr)
     for path in bar:
+        if opts.skip_existing and is_complete(opts.out_dir, output_names(model, path.stem, opts)):
+            opts.skipped += 1
+            continue
         try:
-            predict_file(model, path, opts)
+            predict_file(model, path, opts)  # counts opts.done
         except _FILE_ERRORS as e:
             reason = str(e) if isinstance(e, FcnsegError) else f"{type(e).__name__}: {e}"
             opts.failures.append((str(path), reason))
             tqdm.write(f"fcnseg predict: skipped {path}: {reason}", file=sys.stderr)
 
 
+def output_names(model, stem: str, opts: Outputs) -> list[str]:
+    """The files written for input ``stem`` with these options; the marker ``<stem>.png`` last."""
+    names = [f"{stem}_overlay.png"]
+    if opts.heatmaps:
+        class_names = class_names_or_default(getattr(model, "class_names", None), model.num_classes)
+        names += [f"{stem}_prob_{safe_name(c)}.png" for c in class_names]
+    if opts.gt_dir is not None:
+        names.append(f"{stem}_panel.png")
+    return names + [f"{stem}.png"]
+
+
 def predict_file(model, path: Path, opts: Outputs) -> None:
-    """Segment one image file and write all requested outputs (each atomically)."""
+    """Segment one image file and write all requested outputs as a set: every file appears,
+    or (on an error or Ctrl-C before the end) none does; see :mod:`fcnseg.output_set`."""
     image = read_image(path)  # uint8 (H, W, 3)
     n = model.num_classes
     gt = None
@@ -138,16 +179,23 @@ def predict_file(model, path: Path, opts: Outputs) -> None:
     labels, probs = out if want_probs else (out, None)
     names = class_names_or_default(getattr(model, "class_names", None), n)
     palette = getattr(model, "palette", None)
-    out_dir, stem = opts.out_dir, path.stem
-    write_palette_png(labels, palette, out_dir / f"{stem}.png")
-    atomic_save_image(visualize.overlay(image, labels, palette, names, opts.alpha),
-                      out_dir / f"{stem}_overlay.png")
-    if probs is not None:
-        for c in range(n):
-            atomic_save_image(visualize.heatmap(probs[c]), out_dir / f"{stem}_prob_{safe_name(names[c])}.png")
-    if gt is not None:
-        atomic_save_image(visualize.error_panel(image, gt, labels, palette, names),
-                          out_dir / f"{stem}_panel.png")
+    stem = path.stem
+    files = OutputSet(opts.out_dir, output_names(model, stem, opts))
+    try:
+        write_palette_png(labels, palette, files.path(f"{stem}.png"))
+        atomic_save_image(visualize.overlay(image, labels, palette, names, opts.alpha),
+                          files.path(f"{stem}_overlay.png"))
+        if probs is not None:
+            for c in range(n):
+                atomic_save_image(visualize.heatmap(probs[c]), files.path(f"{stem}_prob_{safe_name(names[c])}.png"))
+        if gt is not None:
+            atomic_save_image(visualize.error_panel(image, gt, labels, palette, names),
+                              files.path(f"{stem}_panel.png"))
+        files.commit()  # a Ctrl-C during the renames is raised right after them
+    finally:
+        if files.committed:  # counted even when that deferred Ctrl-C is on its way
+            opts.done += 1
+        files.discard()
 
 
 def load_runner(path: str, runtime: str | None, device: str):
@@ -235,4 +283,23 @@ def _parse_tile(tile: str | None, overlap: int | None) -> int | str | None:
     return t
 
 
-__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "predict_file", "load_runner", "run"]
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) that are empty: folders this run created for nothing."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else wrote there) or already gone
+            return
+
+
+__all__ = ["add_cli_arguments", "cli_main", "collect_inputs", "output_names", "predict_file", "load_runner",
+           "run"]

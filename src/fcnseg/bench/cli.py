@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from fcnseg.bench.run import run_bench
 from fcnseg.bench.tables import format_tables
 from fcnseg.bench.variants import QUICK_VARIANTS, RUNTIME_VARIANTS
 from fcnseg.engine.runtime import resolve_device
+from fcnseg.engine.workers import default_workers, resolve_workers, usable_cpus
 from fcnseg.errors import ConfigError
 from fcnseg.models import list_models
 from fcnseg.outputs import atomic_write_text
@@ -43,7 +43,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="backbone width of the fcn*_small models")
     p.add_argument("--train-crop", type=int, default=256, help="training/loader crop size (default 256)")
     p.add_argument("--train-batch", type=int, default=2, help="training/loader batch size (default 2)")
-    p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: --threads)")
+    p.add_argument("--workers", type=int, default=None, help=f"data-loader workers (default: the usable CPUs minus one for the "
+                        f"main process, at most 8; here {default_workers()})")
     p.add_argument("--data", default=str(DEFAULT_DATA),
                    help="VOC-layout dataset for the loader/metrics sections and realistic inputs "
                         "(default ../shared/data/camvid-voc; skipped if absent)")
@@ -63,11 +64,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     unknown = [m for m in models if m not in list_models()]
     if unknown:
         raise ConfigError(f"unknown --models {unknown}; see `fcnseg models`")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
-    threads = args.threads or usable
+    threads = args.threads or usable_cpus()
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     q = args.quick
@@ -101,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         # GPUs need larger products to reach their peak than 2 CPU cores do.
         peak_sizes=([8192] if q else [4096, 8192]) if dtype == "cuda" else ([2048] if q else [2048, 3072]),
         train_crop=args.train_crop, train_batch=args.train_batch,
-        train_repeats=2 if q else 3, workers=args.workers if args.workers is not None else threads,
+        train_repeats=2 if q else 3, workers=resolve_workers(args.workers),
         data=args.data, loader_repeats=3 if q else 5, metric_images=2 if q else 4,
         scaling_model=args.scaling_model, scaling_sizes=scaling, scaling_variant=args.scaling_variant,
         scaling_repeats=2 if q else 3)

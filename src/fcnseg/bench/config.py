@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fcnseg.engine.workers import default_workers
+
 SECTIONS = ("peak", "inference", "train", "loader", "metrics", "scaling")
 # <repo>/../shared/data/camvid-voc for a source checkout (src layout: this file is src/fcnseg/bench/).
 DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "camvid-voc"
@@ -29,7 +31,7 @@ class BenchConfig:
     train_crop: int = 256
     train_batch: int = 2
     train_repeats: int = 3
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)  # usable CPUs - 1
     data: str | None = str(DEFAULT_DATA)
     loader_batches: int = 4   # batches per timed chunk
     loader_repeats: int = 5   # timed chunks

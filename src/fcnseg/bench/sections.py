@@ -20,6 +20,7 @@ from fcnseg.bench.variants import RUNTIME_VARIANTS, VariantSkipped, prepare_vari
 from fcnseg.constants import IGNORE_INDEX
 from fcnseg.data.datasets import open_dataset
 from fcnseg.data.transforms import eval_transforms, pad_collate, train_transforms
+from fcnseg.engine.loader_errors import unwrapped_batches
 from fcnseg.metrics import ConfusionMatrix
 from fcnseg.models import count_flops
 
@@ -152,7 +153,7 @@ def bench_loader(cfg: BenchConfig, pin_memory: bool = False) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.train_batch, shuffle=True, num_workers=cfg.workers,
                         collate_fn=pad_collate, drop_last=True, generator=gen, pin_memory=pin_memory)
-    it = iter(loader)
+    it = unwrapped_batches(loader)  # a worker's DataError reaches the user as one line
     next(it)  # warm-up: workers start, first batches are prefetched
     chunk_s = []
     for _ in range(repeats):

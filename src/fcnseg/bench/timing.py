@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from fcnseg.optional import available
+
 # CPU flags worth knowing for these kernels (oneDNN/MKL pick their code paths from them).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
@@ -171,12 +173,11 @@ def environment(device: torch.device, threads: int) -> dict:
                    cudnn=torch.backends.cudnn.version(), gpu_memory_gb=props.total_memory / 2**30,
                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-    try:
-        import onnxruntime  # optional dependency: only its version is recorded here
+    env["onnxruntime"] = None
+    if available("onnxruntime"):
+        import onnxruntime  # optional dependency (checked just above): only its version is recorded here
 
         env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        env["onnxruntime"] = None
     return env
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from fcnseg.errors import FcnsegError
 from fcnseg.export import export_model
 from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference
+from fcnseg.optional import available, install_hint
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,9 @@ def _prepare_compile(model: nn.Module, x: torch.Tensor, device: torch.device) ->
 def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, device: torch.device, threads: int) -> Prepared:
     """Export with :func:`fcnseg.export.export_model` (checked against PyTorch) and run with
     onnxruntime, ``intra_op_num_threads`` = ``threads``."""
-    try:
-        import onnxruntime as ort  # optional dependency: only this variant needs it
-    except ImportError:
-        raise VariantSkipped("onnxruntime is not installed (pip install onnxruntime)") from None
+    if not available("onnxruntime"):
+        raise VariantSkipped(f"onnxruntime is not installed ({install_hint('onnxruntime')})")
+    import onnxruntime as ort  # optional dependency (checked just above): only this variant needs it
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():

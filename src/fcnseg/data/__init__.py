@@ -5,8 +5,9 @@ Submodules: ``image_files`` (read_image, read_mask, write_palette_png, default_p
 (FolderPairs), both on ``base`` (SegmentationDataset), ``transforms`` (paired transforms,
 train_transforms, eval_transforms, pad_collate), ``synthetic`` (make_synthetic_voc),
 ``download``, ``mask_255`` (what mask value 255 means), ``splits`` (``--val-fraction``
-hold-out) and ``convert_masks`` (``fcnseg convert-masks``). The names below are re-exported
-lazily so that ``import fcnseg.data`` and ``fcnseg.data.image_files`` stay light (no torch import).
+hold-out), ``convert_masks`` (``fcnseg convert-masks``) and ``check`` (``fcnseg check-data``).
+The names below are re-exported lazily so that ``import fcnseg.data`` and ``fcnseg.data.image_files``
+stay light (no torch import).
 """
 from __future__ import annotations
 

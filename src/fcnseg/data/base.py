@@ -73,7 +73,7 @@ class SegmentationDataset(Dataset):
         if path.suffix.lower() == ".mat":
             mask = image_files.read_sbd_mask(path, n)
         else:
-            mask = image_files.read_mask(path, n)
+            mask = image_files.read_mask(path, n, not_found_hint=image_files.DATASET_HINT)
         return m255.apply(mask, self.mask_255, self.num_classes)
 
     def _refuse_binary_0_255(self, where: Path) -> None:
@@ -89,7 +89,7 @@ class SegmentationDataset(Dataset):
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ``i``: image uint8 (H, W, 3) and mask uint8 (H, W), sizes checked."""
-        image = image_files.read_image(self.image_path(i))
+        image = image_files.read_image(self.image_path(i), not_found_hint=image_files.DATASET_HINT)
         mask = self.read_mask(i)
         if image.shape[:2] != mask.shape:
             ih, iw = image.shape[:2]

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.labels import as_label_map, check_label_range
+from fcnseg.optional import require
 from fcnseg.outputs import atomic_save_image
 
 # Largest image we decode: 2**27 pixels (~134 MP, e.g. 16384 x 8192). The declared size is
@@ -51,10 +52,14 @@ _MASK_HOWTO = ("save class indices as a palette ('P') or 8-bit grayscale ('L') P
 T = TypeVar("T")
 
 
-def _check_file(path: Path, what: str) -> None:
+# Appended to "<what> file not found: PATH" by readers called for a dataset's files.
+DATASET_HINT = "check the path and the dataset layout"
+
+
+def _check_file(path: Path, what: str, not_found_hint: str | None = None) -> None:
     """Cheap checks before Pillow sees the file: it exists, is a file, is not empty."""
     if not path.exists():
-        raise DataError(f"{what} file not found: {path}; check the path and the dataset layout")
+        raise DataError(f"{what} file not found: {path}" + (f"; {not_found_hint}" if not_found_hint else ""))
     if not path.is_file():
         raise DataError(f"{what} path {path} is not a file (a directory?); point to an image file")
     try:
@@ -65,13 +70,15 @@ def _check_file(path: Path, what: str) -> None:
         raise DataError(f"{what} file {path} is empty (0 bytes); re-export or re-download it")
 
 
-def _decode(path: str | os.PathLike, what: str, fn: Callable[[Image.Image], T]) -> T:
+def _decode(path: str | os.PathLike, what: str, fn: Callable[[Image.Image], T],
+            not_found_hint: str | None = None) -> T:
     """Open ``path`` with Pillow and return ``fn(image)``; every failure becomes a DataError.
 
-    ``what`` ("image" or "mask") goes into the messages.
+    ``what`` ("image" or "mask") goes into the messages; ``not_found_hint`` is the caller's
+    advice for a missing file (datasets: :data:`DATASET_HINT`; a single photo: none).
     """
     path = Path(path)
-    _check_file(path, what)
+    _check_file(path, what, not_found_hint)
     try:
         # Pillow warns about bombs (we check sizes ourselves), corrupt EXIF, palette
         # transparency...: inside a read these are either errors we report or harmless.
@@ -119,7 +126,7 @@ def _exif_transpose(im: Image.Image) -> Image.Image:
         return im
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, not_found_hint: str | None = None) -> np.ndarray:
     """Read an image as RGB ``uint8`` of shape ``(H, W, 3)``.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted to
@@ -139,10 +146,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             im = im.convert("RGB")
         return np.array(im, dtype=np.uint8)  # (H, W, 3), writable; decoding happens here
 
-    return _decode(path, "image", convert)
+    return _decode(path, "image", convert, not_found_hint)
 
 
-def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.ndarray:
+def read_mask(path: str | os.PathLike, num_classes: int | None = None, *,
+              not_found_hint: str | None = None) -> np.ndarray:
     """Read a label mask as ``uint8`` class indices of shape ``(H, W)``.
 
     Palette ('P') masks give their palette *indices*; grayscale ('L') masks their values;
@@ -174,7 +182,7 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
             return np.array(im).astype(np.uint8)  # bool -> labels 0/1
         return np.array(im, dtype=np.uint8)  # 'P': palette indices, 'L': values; never RGB
 
-    mask = _decode(path, "mask", convert)
+    mask = _decode(path, "mask", convert, not_found_hint)
     if num_classes is not None:
         check_label_range(mask, num_classes, path)
     return mask
@@ -200,13 +208,9 @@ def read_sbd_mask(path: str | os.PathLike, num_classes: int | None = None) -> np
     """
     path = Path(path)
     _check_file(path, "SBD mask")
+    scipy_io = require("scipy.io", f"reading the SBD mask {path} (or train without --sbd)")
     try:
-        import scipy.io  # optional dependency: only SBD masks need it
-    except ImportError:
-        raise DataError(f"reading SBD mask {path} needs scipy: pip install scipy "
-                        f"(or train without --sbd)") from None
-    try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
+        mat = scipy_io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
         seg = np.asarray(mat["GTcls"][0, 0]["Segmentation"])
     except (KeyError, IndexError, ValueError, TypeError, OSError, NotImplementedError,
             struct.error, zlib.error, EOFError) as e:

@@ -10,6 +10,7 @@ from fcnseg.data import mask_255 as m255
 from fcnseg.data.base import (SegmentationDataset, Transform, find_image, inferred_class_names, listing,
                               palette_for, read_class_names, read_split, scan_labels, split_file_arg)
 from fcnseg.errors import DataError
+from fcnseg.optional import require
 
 VOC_LAYOUT = ("VOC: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
               "ImageSets/Segmentation/<split>.txt [, class_names.txt]")
@@ -107,11 +108,8 @@ class VOCSegmentation(SegmentationDataset):
             raise DataError(f"adding SBD needs VOC's {val_file} (SBD images in VOC val are left out "
                             f"to keep val unseen); restore it")
         exclude = set(read_split(val_file)) | set(self.ids)
-        try:
-            import scipy.io  # noqa: F401  (optional dependency; fail now, not in a DataLoader worker)
-        except ImportError:
-            raise DataError("SBD masks are MATLAB .mat files: reading them needs scipy "
-                            "(pip install scipy), or train without the SBD root") from None
+        # Fail now, not in a DataLoader worker.
+        require("scipy.io", "adding SBD (MATLAB .mat masks; or train without --sbd)")
         for name in sbd_splits:
             split_file = sbd / f"{name}.txt"
             if not split_file.is_file():

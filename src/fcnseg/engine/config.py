@@ -17,6 +17,7 @@ from typing import Any
 from fcnseg.data.mask_255 import check_mode as check_mask_255
 from fcnseg.engine.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 from fcnseg.engine.runtime import AMP_MODES
+from fcnseg.engine.workers import default_workers
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.models import list_models
 
@@ -58,7 +59,7 @@ class TrainConfig:
     val_batch_size: int = 1
     crop_size: int | list[int] = 320  # int or [h, w]
     scale: list[float] | None = field(default_factory=lambda: [0.5, 2.0])  # random rescaling range
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)  # usable CPUs - 1
     class_weights: str = "none"  # none | median-freq | path to a file of weights
     amp: str = "auto"
     channels_last: bool = False
@@ -97,7 +98,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs),
                               stages=list(cfg.stages) if cfg.stages else None)
     if not cfg.data:
-        raise ConfigError("--data is required (a dataset root: VOC layout or images/ + masks/)")
+        raise ConfigError("--data DIR is required (a dataset root: VOC layout or images/ + masks/); only "
+                          "--resume takes it from the run")
     if not Path(cfg.data).is_dir():
         raise DataError(f"--data {cfg.data}: no such directory; point it at a dataset root "
                         f"(VOC layout or images/ + masks/)")

@@ -38,7 +38,9 @@ from fcnseg.data.image_files import read_image, read_mask
 from fcnseg.data.mask_255 import MODES as MASK_255_MODES
 from fcnseg.data.transforms import eval_transforms, pad_collate
 from fcnseg.engine import distributed as D
+from fcnseg.engine.loader_errors import unwrapped_batches
 from fcnseg.engine.runtime import AMP_MODES, autocast, resolve_amp, resolve_device
+from fcnseg.engine.workers import default_workers, resolve_workers
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.infer.crf import dense_crf, require_pydensecrf
 from fcnseg.infer.segment import segment_array
@@ -78,8 +80,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, devic
     bf_acc = BoundaryF1(num_classes) if bf else None
     n_images = 0
     t0 = time.perf_counter()
-    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (progress and D.is_main_process()) or None,
-                     dynamic_ncols=True):
+    # unwrapped_batches: a worker's DataError (e.g. a corrupt JPEG) reaches the user as one line.
+    for x, y in tqdm(unwrapped_batches(loader), total=len(loader), desc="eval", leave=False,
+                     disable=not (progress and D.is_main_process()) or None, dynamic_ncols=True):
         x = x.to(device, non_blocking=True)  # (B, 3, H, W)
         y = y.to(device, non_blocking=True)  # (B, H, W), 255 = ignore (incl. pad_collate padding)
         if channels_last:
@@ -180,15 +183,18 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="allow --out to be a non-empty directory")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per batch (full-size images, padded to the batch's largest; default 1)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"data-loading processes (default: the usable CPUs minus one for the main "
+                        f"process, at most 8; here {default_workers()})")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=AMP_MODES,
                    help="mixed precision: auto (bf16/fp16 on GPU, bf16 on CPUs with AMX), off, bf16, fp16")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
 
 
 def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False, out: str | None = None,
-             overwrite: bool = False, batch_size: int = 1, workers: int = 2, device: str = "auto",
+             overwrite: bool = False, batch_size: int = 1, workers: int | None = None, device: str = "auto",
              amp: str = "auto", channels_last: bool = False, progress: bool = True,
              mask_255: str | None = None) -> dict:
     """Load ``checkpoint`` safely, evaluate it on ``data``/``split``; write files to ``out``.
@@ -198,6 +204,7 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
 
     Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint`` and ``split``.
     """
+    workers = resolve_workers(workers)  # None -> usable CPUs - 1
     if batch_size < 1 or workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
     if not Path(data).is_dir():

@@ -36,9 +36,23 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, needs: str = "l
     run's files are removed), or holding ``needs`` for ``resume``; writable, with free space."""
     if resume:
         if not (out / needs).is_file():
+            if (out / "config.json").is_file():  # a run that crashed before writing `needs`
+                raise ConfigError(f"no {needs} in {out}: the run stopped before its first checkpoint, so there "
+                                  f"is nothing to resume; start it again with your original command plus "
+                                  f"--overwrite (without --resume)")
             raise ConfigError(f"--resume: {out / needs} not found; nothing to resume (start without --resume)")
         prepare_output_dir(out, overwrite=True, what="run")  # writable, enough free space
         return
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        # Say the one thing that works for what is there (prepare_output_dir would say --overwrite).
+        if (out / needs).is_file():
+            raise ConfigError(f"run directory {out} already holds results; pass --overwrite to replace them, "
+                              f"continue that run with `fcnseg train --out {out} --resume`, or choose "
+                              f"another --out")
+        if (out / "config.json").is_file():
+            raise ConfigError(f"run directory {out} holds a run that stopped before its first checkpoint (no "
+                              f"{needs}), so it cannot be resumed: pass --overwrite to start it again, or "
+                              f"choose another --out")
     prepare_output_dir(out, overwrite=overwrite, what="run")
     if overwrite:
         for sub in (out, *(out / s for s in STAGES)):

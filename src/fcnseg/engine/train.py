@@ -114,9 +114,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that --resume can tell what was given from what to take from the run.
     d = TrainConfig(data="", out="")
     p.epilog, p.formatter_class = CLI_EPILOG, argparse.RawDescriptionHelpFormatter
+    # --data is required except with --resume: argparse cannot say that, the usage does.
+    p.usage = "%(prog)s --data DIR --out DIR [options]\n       %(prog)s --out DIR --resume [options]"
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", help="dataset root (VOC layout or images/ + masks/)")
-    g.add_argument("--out", required=True, help="run directory")
+    g.add_argument("--data", metavar="DIR", help="dataset root (VOC layout or images/ + masks/); required, "
+                                                 "except with --resume (which takes it from the run)")
+    g.add_argument("--out", required=True, metavar="DIR", help="run directory")
     g.add_argument("--model", help=f"model name, see `fcnseg models` (default {d.model})")
     g.add_argument("--model-arg", action="append", type=_parse_kv, metavar="KEY=VALUE", dest="model_kwargs",
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
@@ -153,10 +156,14 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-weights", metavar="none|median-freq|FILE",
                    help="loss class weights: none, median-frequency balancing, or a file of numbers")
     g = p.add_argument_group("runtime")
-    g.add_argument("--workers", type=int, help=f"data-loading processes (default {d.workers})")
-    g.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default auto)")
+    g.add_argument("--workers", type=int, help=f"data-loading processes (default: the usable CPUs minus one "
+                                                f"for the main process, at most 8; here {d.workers})")
+    g.add_argument("--amp", choices=AMP_MODES,
+                   help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16; bf16 on "
+                        "CPUs with AMX; off (fp32) on other CPUs")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu or cuda")
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms: bit-identical runs on CPU")

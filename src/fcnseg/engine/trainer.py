@@ -24,6 +24,7 @@ from fcnseg.data.transforms import eval_transforms, pad_collate, train_transform
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import TrainConfig, check_resume_compatible
 from fcnseg.engine.evaluate import evaluate, make_eval_loader
+from fcnseg.engine.loader_errors import unwrapped_batches
 from fcnseg.engine.losses import load_class_weights, median_frequency_weights, pixel_frequencies, segmentation_loss
 from fcnseg.engine.model_setup import initial_model
 from fcnseg.engine.optim import PolyLR, build_optimizer
@@ -250,7 +251,7 @@ class Trainer:
         t0 = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.n_epochs}", leave=False, dynamic_ncols=True,
                    disable=(not self.main) or (None if cfg.progress else True))
-        it = iter(self.loader)
+        it = unwrapped_batches(self.loader)  # a worker's DataError reaches the user as one line
         try:
             for _ in range(n_batches):
                 x, y = next(it)

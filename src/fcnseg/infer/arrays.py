@@ -34,11 +34,28 @@ def as_rgb_array(image: Any) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"image array must be (H, W, 3) RGB, got shape {a.shape}")
+        raise ValueError(f"image array must be (H, W, 3) RGB (or (H, W) grayscale), got shape {a.shape}; "
+                         f"for several images pass a list of them (segment returns a list)")
     if a.dtype != np.uint8:
         raise ValueError(f"image array must be uint8 0..255, got {a.dtype}; "
                          f"convert with (x * 255).round().astype(numpy.uint8) if it is 0..1 float")
     return np.ascontiguousarray(a[..., :3])
+
+
+def as_image_list(image: Any) -> list | None:
+    """The images of a list/tuple of images or of a (B, H, W, C) array; None for one image.
+
+    A list of numbers (a nested-list image) is one image, not a list of images.
+    """
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        return list(image)  # B arrays (H, W, C)
+    if not isinstance(image, (list, tuple)):
+        return None
+    if not image:
+        raise ValueError("segment got an empty list of images")
+    if all(isinstance(im, (str, os.PathLike, Image.Image, np.ndarray)) for im in image):
+        return list(image)
+    return None
 
 
 def normalize(image: np.ndarray) -> np.ndarray:

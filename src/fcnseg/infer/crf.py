@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fcnseg.errors import ConfigError
 from fcnseg.infer.arrays import check_image, softmax
+from fcnseg.optional import require
 
 CRF_DEFAULTS = dict(iters=5, sxy_gauss=3.0, compat_gauss=3.0,
                     sxy_bilateral=121.0, srgb=5.0, compat_bilateral=4.0)
@@ -27,12 +27,7 @@ _PROB_FLOOR = 1e-8  # -log(0) = inf: clip probabilities before taking the unary
 
 def require_pydensecrf():
     """Import pydensecrf's ``densecrf`` module, or raise a ConfigError saying how to install it."""
-    try:
-        import pydensecrf.densecrf as dcrf  # optional dependency: only --crf needs it
-    except ImportError:
-        raise ConfigError("CRF refinement (--crf) needs pydensecrf2: pip install pydensecrf2 "
-                          "(or pip install 'fcnseg[crf]')") from None
-    return dcrf
+    return require("pydensecrf.densecrf", "CRF refinement (--crf)")
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, iters: int = 5, sxy_gauss: float = 3.0,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg.errors import CheckpointError, ConfigError
+from fcnseg.optional import require
 
 META_FORMAT = "fcnseg.format"            # "fcnseg-onnx"
 META_VERSION = "fcnseg.version"          # fcnseg version that exported it
@@ -26,13 +27,8 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
 def import_onnxruntime():
-    """The onnxruntime module, or a ConfigError saying how to install it."""
-    try:
-        import onnxruntime  # optional dependency: only ONNX models need it
-    except ImportError:
-        raise ConfigError("the ONNX runtime needs onnxruntime: pip install onnxruntime "
-                          "(or pip install 'fcnseg[onnx]')") from None
-    return onnxruntime
+    """The onnxruntime module, or a ConfigError (MissingDependencyError) saying how to install it."""
+    return require("onnxruntime", "running an ONNX model")
 
 
 class OnnxModel:

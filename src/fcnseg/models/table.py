@@ -39,7 +39,8 @@ def format_markdown(rows: list[dict], size: tuple[int, int], num_classes: int) -
 
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=size_argument, default=(500, 500), help="input HxW for FLOPs (default 500x500)")
-    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--num-classes", type=int, default=21,
+                   help="output classes of the counted models (default 21, PASCAL VOC)")
     p.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
 
