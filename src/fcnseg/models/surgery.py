@@ -17,12 +17,23 @@ import torch
 from torch import Tensor, nn
 
 from fcnseg.errors import CheckpointError
+from fcnseg.models.input_convention import ConvertInput
 
 # torchvision classifier layer -> (our conv name, spatial kernel size)
 _FC_LAYOUT = {
     "vgg16": {"classifier.0": ("fc6", 7), "classifier.3": ("fc7", 1), "classifier.6": ("fc8", 1)},
     "alexnet": {"classifier.1": ("fc6", 6), "classifier.4": ("fc7", 1), "classifier.6": ("fc8", 1)},
 }
+
+
+def pooled_head_key(arch: str) -> str | None:
+    """Name of the classifier layer that follows a global average pool (ResNets: ``fc``,
+    EfficientNets: ``_fc``); None for VGG/AlexNet, whose classifier is fc6/fc7/fc8."""
+    if arch.startswith("resnet"):
+        return "fc"
+    if arch.startswith("efficientnet"):
+        return "_fc"
+    return None
 
 
 def convert_classifier_state_dict(arch: str, state_dict: Mapping[str, Tensor],
@@ -51,7 +62,7 @@ def convert_classifier_state_dict(arch: str, state_dict: Mapping[str, Tensor],
                 # the conv kernel's (C_in, kH, kW) layout.
                 value = value.reshape(cout, cin_kk // (k * k), k, k)
             out[f"{name}.{param}"] = value
-        elif prefix == "fc" and arch.startswith("resnet"):
+        elif prefix == pooled_head_key(arch):
             if keep_fc8:
                 out[key] = value.reshape(*value.shape, 1, 1) if param == "weight" and value.dim() == 2 else value
         else:
@@ -82,8 +93,19 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
-    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
+    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
+
+    ``weights="imagenet"`` takes the backbone's own ImageNet file (``backbone.imagenet_weights()``);
+    a backbone without one is an error, never a silent start from random weights.
+    """
     from fcnseg.checkpoint import safe_torch_load
+
+    if isinstance(weights, str) and weights == "imagenet":
+        resolve = getattr(backbone, "imagenet_weights", None)
+        if resolve is None:
+            raise CheckpointError(f"no ImageNet weights are known for backbone {backbone.arch} here; pass "
+                                  f"the path of a weights file to --backbone-weights")
+        weights = resolve()
 
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
@@ -116,8 +138,8 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor],
 class ConvolutionalClassifier(nn.Module):
     """A classifier turned fully convolutional: image -> class scores at stride 32.
 
-    VGG16/AlexNet: features -> fc6 (kxk conv) -> fc7 (1x1) -> fc8 (1x1). ResNets: body ->
-    7x7 average pool at stride 1 -> fc as a 1x1 conv. On a 224x224 input the output is 1x1
+    VGG16/AlexNet: features -> fc6 (kxk conv) -> fc7 (1x1) -> fc8 (1x1). ResNets and
+    EfficientNets: body -> 7x7 average pool at stride 1 -> fc (``_fc``) as a 1x1 conv. On a 224x224 input the output is 1x1
     and equals the classifier's logits; on a larger input it is the classifier slid over
     the image at stride 32.
     """
@@ -127,17 +149,17 @@ class ConvolutionalClassifier(nn.Module):
         self.arch = arch
         self.backbone = backbone
         cin = backbone.feature_channels[32]
-        if arch.startswith("resnet"):
-            self.pool = nn.AvgPool2d(7, 1)
-            self.fc = nn.Conv2d(cin, num_outputs, 1)
-        else:
-            self.pool = nn.Identity()
-            self.fc8 = nn.Conv2d(cin, num_outputs, 1)
+        self.head_key = pooled_head_key(arch) or "fc8"
+        # The classifier's own input convention: callers pass the standard input, as to FCNs.
+        self.prepare_input = ConvertInput(getattr(backbone, "default_input_convention", "imagenet"))
+        # the global average pool over the 7x7 map of a 224 input, slid at stride 1
+        self.pool = nn.AvgPool2d(7, 1) if pooled_head_key(arch) else nn.Identity()
+        setattr(self, self.head_key, nn.Conv2d(cin, num_outputs, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        f = self.backbone(x)[self.backbone.feature_names[32]]  # (B, C, H/32 - 6, W/32 - 6)
-        f = self.pool(f)
-        return self.fc(f) if hasattr(self, "fc") else self.fc8(f)
+        f = self.backbone(self.prepare_input(x))[self.backbone.feature_names[32]]  # (B, C, H/32, W/32)
+        f = self.pool(f)  # (B, C, H/32 - 6, W/32 - 6) after a pool
+        return getattr(self, self.head_key)(f)
 
 
 def convolutionalize(arch: str, state_dict: Mapping[str, Tensor]) -> ConvolutionalClassifier:
@@ -146,7 +168,7 @@ def convolutionalize(arch: str, state_dict: Mapping[str, Tensor]) -> Convolution
 
     backbone = BACKBONES[arch](geometry="classifier")
     sd = convert_classifier_state_dict(arch, unwrap_state_dict(state_dict, arch), keep_fc8=True)
-    head_key = "fc" if arch.startswith("resnet") else "fc8"
+    head_key = pooled_head_key(arch) or "fc8"
     num_outputs = sd[f"{head_key}.weight"].shape[0]
     model = ConvolutionalClassifier(arch, backbone, num_outputs)
     head = {k: v for k, v in sd.items() if k.startswith(head_key + ".")}
