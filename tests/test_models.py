@@ -16,7 +16,9 @@ from fcnseg.models.geometry import CoordMap, bilinear_kernel
 
 torch.set_num_threads(2)
 
-HEAVY = ("vgg16", "resnet50", "resnet34")  # large backbones: fewer/smaller cases
+# large backbones: fewer/smaller cases. EfficientNet-Lite1/2 are Lite0's code at other widths
+# and depths (their layouts are checked against their weight files in test_efficientnet.py).
+HEAVY = ("vgg16", "resnet50", "resnet34", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def small_kwargs(name: str) -> dict:
@@ -37,9 +39,10 @@ def randomize_scores(model: torch.nn.Module, seed: int = 0) -> None:
 def test_registry_names():
     names = list_models()
     for variant in ("32s", "16s", "8s"):
-        for arch in ("vgg16", "alexnet", "resnet18", "resnet34", "resnet50", "small"):
+        for arch in ("vgg16", "alexnet", "resnet18", "resnet34", "resnet50", "small",
+                     "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
             assert f"fcn{variant}_{arch}" in names
-    assert len(names) == 18
+    assert len(names) == 27
 
 
 def test_unknown_model_suggests_close_names():
@@ -94,7 +97,7 @@ def test_output_size_equals_input_size_property(name, h, w, geometry):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_resnet50", "fcn16s_resnet34"])
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_resnet50", "fcn16s_resnet34", "fcn8s_efficientnet_lite2"])
 @settings(max_examples=4, deadline=None)
 @given(h=st.integers(1, 97), w=st.integers(1, 97), geometry=st.sampled_from(["modern", "caffe"]))
 def test_output_size_property_heavy_backbones(name, h, w, geometry):

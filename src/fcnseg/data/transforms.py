@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from fcnseg.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from fcnseg.errors import ConfigError
@@ -145,6 +145,33 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+class ColorJitter:
+    """Photometric augmentation of the image only: brightness, contrast and saturation.
+
+    Each factor is drawn uniformly from ``[1 - s, 1 + s]`` and applied with Pillow's
+    ``ImageEnhance`` (fast C code; uint8 in and out), in that order. The mask is untouched:
+    colour never moves a label. Hue is left alone (a hue shift would repaint the sky).
+    """
+
+    def __init__(self, strength: float = 0.2, generator: torch.Generator | None = None):
+        if not 0 <= strength < 1:
+            raise ConfigError(f"colour jitter strength must be in [0, 1), got {strength}")
+        self.strength, self.generator = float(strength), generator
+
+    def __call__(self, image, mask):
+        image, mask = _as_arrays(image, mask)
+        if self.strength == 0:
+            return image, mask
+        im = Image.fromarray(np.ascontiguousarray(image))
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            factor = _uniform(1 - self.strength, 1 + self.strength, self.generator)
+            im = enhance(im).enhance(factor)
+        return np.asarray(im), mask
+
+    def __repr__(self) -> str:
+        return f"ColorJitter({self.strength})"
+
+
 class ToTensorNormalize:
     """image uint8 (H, W, 3) -> float32 (3, H, W) ``(x/255 - mean)/std``; mask -> int64 (H, W)."""
 
@@ -172,10 +199,13 @@ class ToTensorNormalize:
 
 def train_transforms(crop_size: int | Sequence[int], scale: tuple[float, float] | None = (0.5, 2.0),
                      hflip: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> Compose:
-    """Training augmentation: random scale, random crop (padded 0/255), flip, normalise.
+                     std: Sequence[float] = IMAGENET_STD, color_jitter: float = 0.0) -> Compose:
+    """Training augmentation: random scale, random crop (padded 0/255), colour jitter, flip, normalise.
 
-    ``crop_size`` is an int or ``(h, w)``; ``scale=None`` disables rescaling.
+    ``crop_size`` is an int or ``(h, w)``; ``scale=None`` disables rescaling;
+    ``color_jitter`` is the strength of :class:`ColorJitter` (0: off). The jitter runs on the
+    crop (cheaper than on the whole image); the padding it may contain is black, like a dark
+    photo border, and labelled 255 (ignored).
     Output: image float32 (3, h, w), mask int64 (h, w).
     """
     h, w = size_pair(crop_size, "crop_size")
@@ -183,6 +213,8 @@ def train_transforms(crop_size: int | Sequence[int], scale: tuple[float, float] 
     if scale is not None:
         ts.append(RandomScale(*scale))
     ts.append(RandomCrop(h, w))
+    if color_jitter:
+        ts.append(ColorJitter(color_jitter))
     if hflip:
         ts.append(RandomHorizontalFlip(0.5))
     ts.append(ToTensorNormalize(mean, std))

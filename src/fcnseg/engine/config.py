@@ -24,10 +24,18 @@ from fcnseg.models import list_models
 MODEL_NAME = re.compile(r"fcn(32|16|8)s_(\w+)")
 STAGES = ("32s", "16s", "8s")
 
+# Fine-tuning defaults when a pretrained backbone is given (--backbone-weights), chosen on a
+# held-out part of camvid-voc's train split (benchmarks/camvid_transfer.py), never on val.
+FINETUNE_DEFAULTS: dict[str, Any] = {"backbone_lr_mult": 0.1, "bn": "train", "color_jitter": 0.2}
+# What runs saved before these options existed trained with: a resumed old run keeps it.
+FINETUNE_BEFORE_OPTIONS: dict[str, Any] = {"backbone_lr_mult": 1.0, "bn": "train", "freeze_backbone_epochs": 0,
+                                           "color_jitter": 0.0}
+
 # Settings that define the optimisation trajectory: a resumed run must keep them.
 RESUME_IDENTITY = ("model", "model_kwargs", "geometry", "optimizer", "lr", "weight_decay", "momentum",
                    "poly_power", "warmup_iters", "batch_size", "crop_size", "scale", "seed", "deterministic",
-                   "class_weights", "amp", "channels_last", "train_split", "sbd", "mask_255", "val_fraction")
+                   "class_weights", "amp", "channels_last", "train_split", "sbd", "mask_255", "val_fraction",
+                   "backbone_lr_mult", "bn", "freeze_backbone_epochs", "color_jitter")
 
 
 @dataclass
@@ -61,6 +69,11 @@ class TrainConfig:
     scale: list[float] | None = field(default_factory=lambda: [0.5, 2.0])  # random rescaling range
     workers: int = field(default_factory=default_workers)  # usable CPUs - 1
     class_weights: str = "none"  # none | median-freq | path to a file of weights
+    # Fine-tuning. None/"auto" are resolved from whether --backbone-weights is given (see resolve()).
+    backbone_lr_mult: float | None = None  # backbone lr = lr * this
+    bn: str = "auto"  # backbone BatchNorm: "train" (batch statistics) | "frozen" (running statistics kept)
+    freeze_backbone_epochs: int = 0  # backbone weights fixed for the first N epochs (the head learns first)
+    color_jitter: float | None = None  # brightness/contrast/saturation strength (0 = off)
     amp: str = "auto"
     channels_last: bool = False
     device: str = "auto"
@@ -116,6 +129,19 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.lr = DEFAULT_LR[cfg.optimizer]
     if cfg.weight_decay is None:
         cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+    pretrained = cfg.backbone_weights is not None
+    if cfg.backbone_lr_mult is None:
+        cfg.backbone_lr_mult = FINETUNE_DEFAULTS["backbone_lr_mult"] if pretrained else 1.0
+    if cfg.bn == "auto":
+        cfg.bn = FINETUNE_DEFAULTS["bn"] if pretrained else "train"
+    if cfg.color_jitter is None:
+        cfg.color_jitter = FINETUNE_DEFAULTS["color_jitter"] if pretrained else 0.0
+    if cfg.bn not in ("train", "frozen"):
+        raise ConfigError(f"unknown --bn {cfg.bn!r}; choose auto, train or frozen")
+    if not (cfg.backbone_lr_mult >= 0 and math.isfinite(cfg.backbone_lr_mult)):
+        raise ConfigError(f"--backbone-lr-mult must be a number >= 0, got {cfg.backbone_lr_mult}")
+    if not 0 <= cfg.color_jitter < 1:
+        raise ConfigError(f"--color-jitter must be in [0, 1), got {cfg.color_jitter}")
     if cfg.amp not in AMP_MODES:
         raise ConfigError(f"unknown --amp {cfg.amp!r}; choose one of {', '.join(AMP_MODES)}")
     if cfg.geometry not in ("modern", "caffe"):
@@ -123,7 +149,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown --device {cfg.device!r}; choose auto, cpu or cuda")
     for name, lo in (("epochs", 1), ("batch_size", 1), ("val_batch_size", 1), ("workers", 0),
-                     ("warmup_iters", 0), ("val_every", 1)):
+                     ("warmup_iters", 0), ("val_every", 1), ("freeze_backbone_epochs", 0)):
         if getattr(cfg, name) < lo:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(cfg, name)}")
     if cfg.iters is not None and cfg.iters < 1:
@@ -155,6 +181,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                         f"(fcnseg download --sbd fetches it)")
     for name in ("init", "backbone_weights"):
         path = getattr(cfg, name)
+        if name == "backbone_weights" and path == "imagenet":
+            continue  # resolved by the backbone (an installed package or a download)
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
     if cfg.stages:

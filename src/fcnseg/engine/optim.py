@@ -11,18 +11,28 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
 
 
 def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, backbone_lr_mult: float = 1.0) -> torch.optim.Optimizer:
     """SGD with momentum (as in the paper) or AdamW over the trainable parameters.
 
     Biases and normalisation parameters (1-D tensors) get no weight decay. Frozen
-    parameters (e.g. fixed bilinear upsampling) are left out.
+    parameters (e.g. fixed bilinear upsampling) are left out. The backbone's parameters
+    (``model.backbone``) learn at ``lr * backbone_lr_mult``: a pretrained backbone is
+    fine-tuned more gently than the new, zero-initialised score layers. Groups:
+    backbone decay, backbone no-decay, head decay, head no-decay (empty ones dropped);
+    the poly schedule scales each group's own base rate.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    # One rate for all: the two groups of earlier versions (their last.pt files still resume).
+    parts = (("backbone", backbone_lr_mult), ("head", 1.0)) if backbone_lr_mult != 1.0 else (("all", 1.0),)
+    groups = []
+    for part, mult in parts:
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad and (part == "all" or (id(p) in in_backbone) == (part == "backbone")):
+                (decay if p.ndim > 1 else no_decay).append(p)
+        groups += [{"params": ps, "weight_decay": wd, "lr": lr * mult}
+                   for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps or part == "all"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adamw":

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fcnseg.engine.config import STAGES, TrainConfig
+from fcnseg.engine.config import FINETUNE_BEFORE_OPTIONS, STAGES, TrainConfig
 from fcnseg.errors import ConfigError
 from fcnseg.jsonl import read_jsonl, write_jsonl
 from fcnseg.outputs import atomic_write_text, prepare_output_dir
@@ -92,4 +92,5 @@ def load_run_config(run_dir: str | os.PathLike, **overrides: Any) -> TrainConfig
         raise ConfigError(f"--resume: {saved} is not a valid run config") from None
     for key in ("resume", "overwrite", "max_minutes"):
         base.pop(key, None)
+    base = {**FINETUNE_BEFORE_OPTIONS, **base}  # a run from before the fine-tuning options
     return TrainConfig.from_dict({**dataclasses.asdict(TrainConfig(data="", out="")), **base, **overrides})

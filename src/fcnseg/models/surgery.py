@@ -6,10 +6,12 @@ model module), used by the registry, the classifier head and checkpoints:
 - :func:`convert_classifier_state_dict`: a torchvision classifier state dict (vgg16,
   alexnet, resnet*) becomes a backbone state dict; VGG/AlexNet's fully connected fc6/fc7
   weights are reshaped into 7x7 (6x6 for AlexNet) and 1x1 conv kernels. The ImageNet
-  classifier (fc8 / ``fc``) is dropped, as in the paper.
+  classifier (fc8, or the pooled head's ``fc`` / ``_fc``: :func:`pooled_head_key`) is
+  dropped, as in the paper.
 - :func:`unwrap_state_dict`: the state dict inside whatever a weights file holds.
 - :func:`load_state_dict_checked` / :func:`load_backbone_weights`: strict loading whose
-  errors say which keys and shapes disagree.
+  errors say which keys and shapes disagree; ``weights="imagenet"`` takes the backbone's own
+  ImageNet file (``backbone.imagenet_weights()``).
 
 The classifier as a whole FCN is :mod:`fcnseg.models.classifier_head`; staged
 initialisation (32s -> 16s -> 8s) is :mod:`fcnseg.models.staging`.
@@ -32,13 +34,23 @@ _FC_LAYOUT = {
 }
 
 
+def pooled_head_key(arch: str) -> str | None:
+    """Name of the classifier layer that follows a global average pool (ResNets: ``fc``,
+    EfficientNets: ``_fc``); None for VGG/AlexNet, whose classifier is fc6/fc7/fc8."""
+    if arch.startswith("resnet"):
+        return "fc"
+    if arch.startswith("efficientnet"):
+        return "_fc"
+    return None
+
+
 def convert_classifier_state_dict(arch: str, state_dict: Mapping[str, Tensor],
                                   keep_fc8: bool = False) -> dict[str, Tensor]:
     """Map a torchvision-layout classifier state dict onto fcnseg's backbone layout.
 
     Keys already in fcnseg's layout (``fc6.weight`` as a 4-D kernel) pass through, so a
     backbone saved by fcnseg loads too. ``keep_fc8`` keeps the ImageNet classifier as a
-    1x1 conv ``fc8`` (VGG/AlexNet) or ``fc`` (ResNets); FCNs drop it.
+    1x1 conv ``fc8`` (VGG/AlexNet), ``fc`` (ResNets) or ``_fc`` (EfficientNets); FCNs drop it.
     """
     out: dict[str, Tensor] = {}
     layout = _FC_LAYOUT.get(arch, {})
@@ -58,7 +70,7 @@ def convert_classifier_state_dict(arch: str, state_dict: Mapping[str, Tensor],
                 # the conv kernel's (C_in, kH, kW) layout.
                 value = value.reshape(cout, cin_kk // (k * k), k, k)
             out[f"{name}.{param}"] = value
-        elif prefix == "fc" and arch.startswith("resnet"):
+        elif prefix == pooled_head_key(arch):
             if keep_fc8:
                 out[key] = value.reshape(*value.shape, 1, 1) if param == "weight" and value.dim() == 2 else value
         else:
@@ -89,7 +101,17 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
-    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
+    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
+
+    ``weights="imagenet"`` takes the backbone's own ImageNet file (``backbone.imagenet_weights()``);
+    a backbone without one is an error, never a silent start from random weights.
+    """
+    if isinstance(weights, str) and weights == "imagenet":
+        resolve = getattr(backbone, "imagenet_weights", None)
+        if resolve is None:
+            raise CheckpointError(f"no ImageNet weights are known for backbone {backbone.arch} here; pass "
+                                  f"the path of a weights file to --backbone-weights")
+        weights = resolve()
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))

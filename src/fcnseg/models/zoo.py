@@ -134,3 +134,57 @@ def fcn16s_small(**kwargs: Any) -> FCN:
 def fcn8s_small(**kwargs: Any) -> FCN:
     """FCN-8s on the small BatchNorm net that trains from scratch on a CPU (options: width, blocks)."""
     return _fcn("8s", "small", **kwargs)
+
+
+@register_model("fcn32s_efficientnet_lite0")
+def fcn32s_efficientnet_lite0(**kwargs: Any) -> FCN:
+    """FCN-32s on EfficientNet-Lite0 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("32s", "efficientnet_lite0", **kwargs)
+
+
+@register_model("fcn16s_efficientnet_lite0")
+def fcn16s_efficientnet_lite0(**kwargs: Any) -> FCN:
+    """FCN-16s on EfficientNet-Lite0 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("16s", "efficientnet_lite0", **kwargs)
+
+
+@register_model("fcn8s_efficientnet_lite0")
+def fcn8s_efficientnet_lite0(**kwargs: Any) -> FCN:
+    """FCN-8s on EfficientNet-Lite0 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("8s", "efficientnet_lite0", **kwargs)
+
+
+@register_model("fcn32s_efficientnet_lite1")
+def fcn32s_efficientnet_lite1(**kwargs: Any) -> FCN:
+    """FCN-32s on EfficientNet-Lite1 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("32s", "efficientnet_lite1", **kwargs)
+
+
+@register_model("fcn16s_efficientnet_lite1")
+def fcn16s_efficientnet_lite1(**kwargs: Any) -> FCN:
+    """FCN-16s on EfficientNet-Lite1 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("16s", "efficientnet_lite1", **kwargs)
+
+
+@register_model("fcn8s_efficientnet_lite1")
+def fcn8s_efficientnet_lite1(**kwargs: Any) -> FCN:
+    """FCN-8s on EfficientNet-Lite1 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("8s", "efficientnet_lite1", **kwargs)
+
+
+@register_model("fcn32s_efficientnet_lite2")
+def fcn32s_efficientnet_lite2(**kwargs: Any) -> FCN:
+    """FCN-32s on EfficientNet-Lite2 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("32s", "efficientnet_lite2", **kwargs)
+
+
+@register_model("fcn16s_efficientnet_lite2")
+def fcn16s_efficientnet_lite2(**kwargs: Any) -> FCN:
+    """FCN-16s on EfficientNet-Lite2 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("16s", "efficientnet_lite2", **kwargs)
+
+
+@register_model("fcn8s_efficientnet_lite2")
+def fcn8s_efficientnet_lite2(**kwargs: Any) -> FCN:
+    """FCN-8s on EfficientNet-Lite2 (``backbone_weights="imagenet"``; options: padding, drop_connect)."""
+    return _fcn("8s", "efficientnet_lite2", **kwargs)

