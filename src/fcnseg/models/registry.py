@@ -11,21 +11,34 @@ from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.fcn import FCN, VARIANTS
 
 _MODELS: dict[str, Callable[..., FCN]] = {}
+# model name -> family: "fcn" (FCN-32s/16s/8s heads, both geometries, staged upgrade) or another
+# architecture with its own contract (e.g. "dilated": torchvision's dilated-ResNet FCN)
+_FAMILIES: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
+def register_model(name: str, family: str = "fcn") -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
     def deco(fn: Callable[..., FCN]) -> Callable[..., FCN]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         _MODELS[name] = fn
+        _FAMILIES[name] = family
         return fn
 
     return deco
 
 
-def list_models() -> list[str]:
-    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``fcn8s_resnet50``."""
-    return sorted(_MODELS)
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``fcn_resnet50_dilated``.
+
+    ``family``: only that family's models (``"fcn"``: the FCN-32s/16s/8s heads on every
+    backbone; ``"dilated"``: torchvision's dilated-ResNet FCNs).
+    """
+    return sorted(n for n in _MODELS if family is None or _FAMILIES[n] == family)
+
+
+def model_family(name: str) -> str:
+    """The family a registered model belongs to (see :func:`list_models`)."""
+    return _FAMILIES[name]
 
 
 def build_model(name: str, num_classes: int = 21, geometry: str = "modern",

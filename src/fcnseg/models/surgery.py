@@ -82,9 +82,15 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
-    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
-    from fcnseg.checkpoint import safe_torch_load
+    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
 
+    ``weights``: a state dict, a path, or a name from the weights catalog (``"imagenet"``,
+    ``"vgg16-397923af.pth"``, ...: :mod:`fcnseg.weights.catalog`), fetched into torch's hub cache.
+    """
+    from fcnseg.checkpoint import safe_torch_load
+    from fcnseg.weights.catalog import resolve_backbone_weights
+
+    weights = resolve_backbone_weights(backbone.arch, weights)
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
@@ -94,6 +100,13 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapp
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
                             strict: bool = True) -> None:
     """``load_state_dict`` whose error says exactly which keys are missing, extra or mis-shaped."""
+    check_state_dict(module, state_dict, source, strict)
+    module.load_state_dict(dict(state_dict), strict=strict)
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
+                     strict: bool = True) -> None:
+    """The checks of :func:`load_state_dict_checked`, without loading (``module`` may be on "meta")."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -110,7 +123,6 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor],
         arch = getattr(module, "arch", None) or getattr(module, "fcn_config", {}).get("name", type(module).__name__)
         raise CheckpointError(f"{source} does not match {arch}: " + " | ".join(problems) +
                               ". Check that the file was saved for this model/backbone and class count.")
-    module.load_state_dict(dict(state_dict), strict=strict)
 
 
 class ConvolutionalClassifier(nn.Module):
@@ -164,9 +176,13 @@ def upgrade(model: nn.Module, to: str) -> nn.Module:
     new skip score layers start at zero, so at the moment of the copy the new model's
     output equals the old one's (up to float rounding: bilinear x2 then x16 = bilinear x32).
     """
+    from fcnseg.models.fcn import FCN
     from fcnseg.models.registry import build_model
 
     cfg = dict(model.fcn_config)
+    if not isinstance(model, FCN):
+        raise ValueError(f"{cfg.get('name')}: staged upgrade applies to the FCN-32s/16s/8s models only; "
+                         f"this model has no skip stages")
     old_variant = model.variant
     to = to.removeprefix("fcn")
     order = ["32s", "16s", "8s"]
