@@ -236,6 +236,19 @@ def test_weights_command_lists_the_table(env, capsys):
     assert "fcn_resnet50_coco" not in out  # --kind filters
 
 
+def test_weights_command_json(env, capsys):
+    import json
+
+    assert main(["weights", "--json", "--kind", "torchvision"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["fcn_resnet50_coco", "fcn_resnet101_coco"]
+    r = rows[0]
+    assert r["url"] == "https://download.pytorch.org/models/fcn_resnet50_coco-1167a1af.pth"
+    assert r["checksum"] == "sha256:1167a1af..." and r["size"] == "135.0 MB" and r["cached"] is None
+    assert r["input_convention"] == "imagenet" and "mIoU 60.5" in r["accuracy"]
+    assert r["use"] == "fcnseg import torchvision fcn_resnet50_coco --out model.pt"
+
+
 def test_weights_command_unknown_name_is_one_line(env, capsys):
     assert main(["weights", "--download", "vgg16_imagenett"]) == 2
     err = capsys.readouterr().err.strip()

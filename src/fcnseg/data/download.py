@@ -93,7 +93,8 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, *, retri
             attempt += 1
             if attempt > retries:
                 have = part.stat().st_size if part.exists() else 0
-                raise DataError(f"download of {url} interrupted ({e}); {have} bytes kept in {part}; "
+                kept = f"{have} bytes kept in {part}; " if have else "nothing was received; "
+                raise DataError(f"download of {url} interrupted ({e}); {kept}"
                                 f"run the same command again to resume") from None
     checks = [("MD5", "md5", md5, False), ("SHA-256", "sha256", sha256_prefix, True)]
     for label, algorithm, expected, prefix_only in checks:

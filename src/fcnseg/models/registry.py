@@ -53,7 +53,9 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
         geometry: ``"modern"`` (fc6 padded by 3) or ``"caffe"`` (conv1 padded by 100, crops as
             in the reference nets).
         backbone_weights: a classifier/backbone state dict or a path to one (torchvision layout,
-            e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
+            e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling). Or a
+            name from the weights catalog (``"imagenet"``: torchvision's ImageNet file for this
+            backbone), fetched once into torch hub's cache (:mod:`fcnseg.weights.catalog`).
         upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`).
         at_once: scale skip features as in all-at-once training.
         input_convention: the pixel values the backbone's weights expect (``"imagenet"``,
