@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fcnseg.bench.cli", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
+    "weights": ("fcnseg.weights.cli", "list known pretrained weights (URL, hash, accuracy, cached); fetch one"),
+    "import": ("fcnseg.weights.import_cli", "convert other implementations' weights into fcnseg checkpoints"),
 }
 
 

@@ -18,6 +18,7 @@ from fcnseg.engine.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 from fcnseg.engine.runtime import AMP_MODES
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.models import list_models
+from fcnseg.weights.catalog import is_weights_name
 
 MODEL_NAME = re.compile(r"fcn(32|16|8)s_(\w+)")
 STAGES = ("32s", "16s", "8s")
@@ -145,7 +146,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     for name in ("init", "backbone_weights"):
         path = getattr(cfg, name)
         if path is not None and not Path(path).is_file():
-            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+            if name == "backbone_weights" and is_weights_name(str(path)):
+                continue  # a catalog name ("imagenet", ...): resolved (and fetched) when the model is built
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file"
+                              + ("; or a name from `fcnseg weights`, e.g. imagenet" if name == "backbone_weights" else ""))
     if cfg.stages:
         bad = [s for s in cfg.stages if s not in STAGES]
         if bad or len(set(cfg.stages)) != len(cfg.stages):

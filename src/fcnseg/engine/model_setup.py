@@ -32,6 +32,9 @@ def load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
     if ckpt["model"].get("num_classes") != num_classes:
         raise CheckpointError(f"--init {path}: checkpoint has {ckpt['model'].get('num_classes')} classes but "
                               f"the data has {num_classes}; use a checkpoint for this label set")
+    if src == model_name:  # fine-tuning the same model (any family, e.g. an imported checkpoint)
+        log_main(f"initialised {model_name} from {path}")
+        return model_from_checkpoint(ckpt, num_classes=num_classes)
     src_stride, src_backbone = split_model_name(src)
     dst_stride, dst_backbone = split_model_name(model_name)
     if src_backbone != dst_backbone:

@@ -120,7 +120,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-arg", action="append", type=_parse_kv, metavar="KEY=VALUE", dest="model_kwargs",
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
     g.add_argument("--geometry", choices=["modern", "caffe"], help=f"network geometry (default {d.geometry})")
-    g.add_argument("--backbone-weights", metavar="PATH", help="ImageNet backbone weights (torchvision layout)")
+    g.add_argument("--backbone-weights", metavar="PATH|NAME",
+                   help="ImageNet backbone weights: a file (torchvision layout) or a name from `fcnseg weights` "
+                        "(imagenet: torchvision's file for the backbone, fetched into torch hub's cache)")
     g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed)")
     g.add_argument("--stages", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], metavar="32s,16s,8s",
                    help="staged training with --model's backbone: one sub-directory per stage, each "

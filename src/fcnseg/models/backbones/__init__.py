@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from fcnseg.models.backbones.base import CAFFE_PAD, GEOMETRIES, Backbone, conv_as_gemm, gemm_conv2d
 from fcnseg.models.backbones.classifier import AlexNet, ClassifierBackbone, VGG16, alexnet, vgg16
-from fcnseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, small
+from fcnseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, small
 
 # name -> factory(geometry=..., **options); the registry builds one FCN per (head, backbone).
 BACKBONES = {"vgg16": vgg16, "alexnet": alexnet, "resnet18": resnet18, "resnet34": resnet34,
-             "resnet50": resnet50, "small": small}
+             "resnet50": resnet50, "resnet101": resnet101, "small": small}
 
 __all__ = ["BACKBONES", "Backbone", "ClassifierBackbone", "VGG16", "AlexNet", "ResNet", "GEOMETRIES",
            "CAFFE_PAD", "conv_as_gemm", "gemm_conv2d", "vgg16", "alexnet", "resnet18", "resnet34",
-           "resnet50", "small"]
+           "resnet50", "resnet101", "small"]
