@@ -18,7 +18,8 @@ torch.set_num_threads(2)
 
 # large backbones: fewer/smaller cases. EfficientNet-Lite1/2 are Lite0's code at other widths
 # and depths (their layouts are checked against their weight files in test_efficientnet.py).
-HEAVY = ("vgg16", "resnet50", "resnet34", "efficientnet_lite1", "efficientnet_lite2")
+HEAVY = ("vgg16", "resnet50", "resnet34", "resnet101", "_dilated", "efficientnet_lite1", "efficientnet_lite2")
+FCN_MODELS = list_models(family="fcn")  # FCN-32s/16s/8s heads: both geometries, crops, staged upgrade
 
 
 def small_kwargs(name: str) -> dict:
@@ -39,10 +40,11 @@ def randomize_scores(model: torch.nn.Module, seed: int = 0) -> None:
 def test_registry_names():
     names = list_models()
     for variant in ("32s", "16s", "8s"):
-        for arch in ("vgg16", "alexnet", "resnet18", "resnet34", "resnet50", "small",
+        for arch in ("vgg16", "alexnet", "resnet18", "resnet34", "resnet50", "resnet101", "small",
                      "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
             assert f"fcn{variant}_{arch}" in names
-    assert len(names) == 27
+    assert list_models(family="dilated") == ["fcn_resnet101_dilated", "fcn_resnet50_dilated"]
+    assert len(FCN_MODELS) == 30 and len(names) == 32
 
 
 def test_unknown_model_suggests_close_names():
@@ -86,7 +88,7 @@ def test_forward_backward_every_model(name):
             assert out.shape == (1, 4, *size) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if not n.endswith(HEAVY)])
+@pytest.mark.parametrize("name", [n for n in FCN_MODELS if not n.endswith(HEAVY)])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=st.integers(1, 150), w=st.integers(1, 150), geometry=st.sampled_from(["modern", "caffe"]))
 def test_output_size_equals_input_size_property(name, h, w, geometry):
@@ -147,7 +149,7 @@ def test_coord_map_algebra_by_hand():
 
 
 @pytest.mark.parametrize("geometry", ["modern", "caffe"])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", FCN_MODELS)
 def test_every_backbone_and_geometry_is_exactly_aligned(name, geometry):
     """Integer offsets everywhere (kernel parity chosen from the maps), none hand-set."""
     with torch.device("meta"):
@@ -268,7 +270,7 @@ def test_alexnet_surgery_224_and_sliding(tmp_path):
             assert (scores[0, :, i, j] - cell).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101"])
 def test_resnet_weights_load_and_match(arch, tmp_path):
     torch.manual_seed(2)
     ref = getattr(tv, arch)().eval()

@@ -1,11 +1,16 @@
-"""Reference classifiers in torchvision's exact module layout (torchvision itself does not
+"""Reference models in torchvision's exact module layout (torchvision itself does not
 import with this CPU torch). Written independently of fcnseg, following torchvision's
-``models/vgg.py``, ``models/alexnet.py`` and ``models/resnet.py``, so their state dicts have
-torchvision's keys and shapes (e.g. ``features.0.weight``, ``classifier.0.weight`` of shape
-(4096, 25088), ``layer1.0.conv1.weight``)."""
+``models/vgg.py``, ``models/alexnet.py``, ``models/resnet.py`` (with
+``replace_stride_with_dilation``) and ``models/segmentation/fcn.py`` + ``_utils.py``, so their
+state dicts have torchvision's keys and shapes (e.g. ``features.0.weight``,
+``classifier.0.weight`` of shape (4096, 25088), ``layer1.0.conv1.weight``,
+``backbone.layer4.0.conv2.weight``, ``aux_classifier.4.bias``)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -90,11 +95,12 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        # torchvision's conv3x3(width, width, stride, groups, dilation): padding = dilation
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -109,17 +115,19 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000):
+    def __init__(self, block, layers, num_classes=1000, replace_stride_with_dilation=None):
         super().__init__()
         self.inplanes = 64
+        self.dilation = 1
+        dil = replace_stride_with_dilation or [False, False, False]
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=dil[0])
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=dil[1])
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=dil[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         for m in self.modules():  # non-trivial BN statistics so that loading them matters
@@ -129,15 +137,21 @@ class ResNet(nn.Module):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
 
-    def _make_layer(self, block, planes, blocks, stride=1):
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        extra = {"dilation": previous_dilation} if block is Bottleneck else {}
+        layers = [block(self.inplanes, planes, stride, downsample, **extra)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes, **({"dilation": self.dilation} if block is Bottleneck else {})))
         return nn.Sequential(*layers)
 
     def body(self, x):
@@ -166,3 +180,80 @@ def resnet34() -> ResNet:
 
 def resnet50() -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3])
+
+
+def resnet101() -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 23, 3])
+
+
+# ----------------------------------------------------------------------------- segmentation FCN
+
+class IntermediateLayerGetter(nn.ModuleDict):
+    """torchvision.models._utils.IntermediateLayerGetter: the children up to the last returned one."""
+
+    def __init__(self, model: nn.Module, return_layers: dict[str, str]) -> None:
+        wanted = dict(return_layers)
+        layers = OrderedDict()
+        for name, module in model.named_children():
+            layers[name] = module
+            wanted.pop(name, None)
+            if not wanted:
+                break
+        super().__init__(layers)
+        self.return_layers = dict(return_layers)
+
+    def forward(self, x):
+        out = OrderedDict()
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+class FCNHead(nn.Sequential):
+    def __init__(self, in_channels: int, channels: int) -> None:
+        inter_channels = in_channels // 4
+        super().__init__(nn.Conv2d(in_channels, inter_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(inter_channels), nn.ReLU(), nn.Dropout(0.1),
+                         nn.Conv2d(inter_channels, channels, 1))
+
+
+class SegFCN(nn.Module):
+    """torchvision's FCN(_SimpleSegmentationModel): returns {"out": logits, "aux": logits}."""
+
+    def __init__(self, backbone, classifier, aux_classifier=None):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+
+    def forward(self, x):
+        input_shape = x.shape[-2:]
+        features = self.backbone(x)
+        result = OrderedDict()
+        x = self.classifier(features["out"])
+        result["out"] = F.interpolate(x, size=input_shape, mode="bilinear", align_corners=False)
+        if self.aux_classifier is not None:
+            x = self.aux_classifier(features["aux"])
+            result["aux"] = F.interpolate(x, size=input_shape, mode="bilinear", align_corners=False)
+        return result
+
+
+def fcn_resnet(depth: int = 50, num_classes: int = 21, aux_loss: bool = True) -> SegFCN:
+    """torchvision's fcn_resnet50/101 (segmentation/fcn.py: _fcn_resnet), random weights and
+    non-trivial BatchNorm statistics in the heads too."""
+    layers = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
+    backbone = ResNet(Bottleneck, layers, replace_stride_with_dilation=[False, True, True])
+    return_layers = {"layer4": "out"}
+    if aux_loss:
+        return_layers["layer3"] = "aux"
+    model = SegFCN(IntermediateLayerGetter(backbone, return_layers), FCNHead(2048, num_classes),
+                   FCNHead(1024, num_classes) if aux_loss else None)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0, 0.1)
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
     "convert-masks": ("fcnseg.data.convert_masks", "convert RGB colour masks to class-index palette PNGs"),
     "check-data": ("fcnseg.data.check", "read every image and mask of a dataset; report all problems"),
+    "weights": ("fcnseg.weights.cli", "list known pretrained weights (URL, hash, accuracy, cached); fetch one"),
+    "import": ("fcnseg.weights.import_cli", "convert other implementations' weights into fcnseg checkpoints"),
 }
 
 

@@ -47,7 +47,12 @@ CHUNK = 1 << 20  # 1 MiB reads
 
 def md5sum(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     """Hex MD5 of a file, read in chunks."""
-    h = hashlib.md5()
+    return file_digest(path, "md5", chunk)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = CHUNK) -> str:
+    """Hex digest (``md5``, ``sha256``, ...) of a file, read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
@@ -59,9 +64,11 @@ class _Interrupted(Exception):
 
 
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, *, retries: int = 3,
-             timeout: float = 60.0, progress: bool = True) -> Path:
+             timeout: float = 60.0, progress: bool = True, sha256_prefix: str | None = None) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify ``md5``, rename atomically.
 
+    ``sha256_prefix``: the file's SHA-256 must start with it (torch hub's convention: the
+    prefix is part of the file name, e.g. ``vgg16-397923af.pth``).
     An existing ``dest`` is verified and kept. A transfer interrupted more than
     ``retries`` times raises DataError with the ``.part`` kept, so the next call resumes.
     A checksum mismatch deletes the ``.part`` (its bytes are wrong, resuming cannot fix
@@ -70,9 +77,12 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, *, retri
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     if dest.exists():
-        if md5 is None or md5sum(dest) == md5.lower():
-            return dest
-        raise DataError(f"{dest} exists but its MD5 is not {md5}; delete it and run again")
+        if md5 is not None and md5sum(dest) != md5.lower():
+            raise DataError(f"{dest} exists but its MD5 is not {md5}; delete it and run again")
+        if sha256_prefix and not file_digest(dest).startswith(sha256_prefix.lower()):
+            raise DataError(f"{dest} exists but its SHA-256 does not start with {sha256_prefix}; "
+                            f"delete it and run again")
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
@@ -83,13 +93,18 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, *, retri
             attempt += 1
             if attempt > retries:
                 have = part.stat().st_size if part.exists() else 0
-                raise DataError(f"download of {url} interrupted ({e}); {have} bytes kept in {part}; "
+                kept = f"{have} bytes kept in {part}; " if have else "nothing was received; "
+                raise DataError(f"download of {url} interrupted ({e}); {kept}"
                                 f"run the same command again to resume") from None
-    if md5 is not None:
-        got = md5sum(part)
-        if got != md5.lower():
+    checks = [("MD5", "md5", md5, False), ("SHA-256", "sha256", sha256_prefix, True)]
+    for label, algorithm, expected, prefix_only in checks:
+        if expected is None:
+            continue
+        got = file_digest(part, algorithm)
+        if not (got.startswith(expected.lower()) if prefix_only else got == expected.lower()):
             part.unlink()
-            raise DataError(f"checksum mismatch for {url}: MD5 {got}, expected {md5}; the corrupt "
+            what = f"expected it to start with {expected}" if prefix_only else f"expected {expected}"
+            raise DataError(f"checksum mismatch for {url}: {label} {got}, {what}; the corrupt "
                             f"download was deleted. Run again; if it fails again the server's file "
                             f"changed or a proxy alters it")
     os.replace(part, dest)

@@ -20,6 +20,7 @@ from fcnseg.engine.runtime import AMP_MODES
 from fcnseg.engine.workers import default_workers
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.models import list_models
+from fcnseg.weights.catalog import is_weights_name
 
 MODEL_NAME = re.compile(r"fcn(32|16|8)s_(\w+)")
 STAGES = ("32s", "16s", "8s")
@@ -184,7 +185,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if name == "backbone_weights" and path == "imagenet":
             continue  # resolved by the backbone (an installed package or a download)
         if path is not None and not Path(path).is_file():
-            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+            if name == "backbone_weights" and is_weights_name(str(path)):
+                continue  # a catalog name ("imagenet", ...): resolved (and fetched) when the model is built
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file"
+                              + ("; or a name from `fcnseg weights`, e.g. imagenet" if name == "backbone_weights" else ""))
     if cfg.stages:
         bad = [s for s in cfg.stages if s not in STAGES]
         if bad or len(set(cfg.stages)) != len(cfg.stages):

@@ -36,6 +36,10 @@ def load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
     """
     ckpt = load_checkpoint(path)  # weights_only: refuses pickled code
     src = ckpt["model"].get("name", "?")
+    if src == model_name and ckpt["model"].get("num_classes") == num_classes:
+        # fine-tuning the same model (any family, e.g. an imported checkpoint)
+        log_main(f"initialised {model_name} from {path}")
+        return model_from_checkpoint(ckpt, num_classes=num_classes)
     src_stride, src_backbone = split_model_name(src)
     dst_stride, dst_backbone = split_model_name(model_name)
     if src_backbone != dst_backbone:

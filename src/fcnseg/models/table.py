@@ -7,21 +7,26 @@ import json
 import torch
 
 from fcnseg.models.flops import count_flops, count_params
-from fcnseg.models.registry import build_model, list_models
+from fcnseg.models.registry import build_model, list_models, model_family
 from fcnseg.sizes import size_argument, size_pair
 
 
 def model_table(size: tuple[int, int] = (500, 500), num_classes: int = 21,
                 names: list[str] | None = None) -> list[dict]:
-    """One row per model: parameters and forward GFLOPs at ``size`` for both geometries."""
+    """One row per model: parameters and forward GFLOPs at ``size`` for both geometries.
+
+    Models outside the FCN-32s/16s/8s family have one geometry: their caffe columns are None.
+    """
     rows = []
     for name in names or list_models():
+        geometries = ("modern", "caffe") if model_family(name) == "fcn" else ("modern",)
         with torch.device("meta"):  # no weights are allocated: counting is instant
-            models = {g: build_model(name, num_classes=num_classes, geometry=g) for g in ("modern", "caffe")}
+            models = {g: build_model(name, num_classes=num_classes, geometry=g) for g in geometries}
         flops = {g: count_flops(m, size) / 1e9 for g, m in models.items()}
+        caffe = flops.get("caffe")
         rows.append({"model": name, "params_M": count_params(models["modern"]) / 1e6,
-                     "gflops_modern": flops["modern"], "gflops_caffe": flops["caffe"],
-                     "caffe_over_modern": flops["caffe"] / flops["modern"]})
+                     "gflops_modern": flops["modern"], "gflops_caffe": caffe,
+                     "caffe_over_modern": caffe / flops["modern"] if caffe is not None else None})
     return rows
 
 
@@ -30,8 +35,9 @@ def format_markdown(rows: list[dict], size: tuple[int, int], num_classes: int) -
     lines = [f"| model | params (M) | GFLOPs modern {h}x{w} | GFLOPs caffe {h}x{w} | caffe / modern |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params_M']:.1f} | {r['gflops_modern']:.1f} | "
-                     f"{r['gflops_caffe']:.1f} | {r['caffe_over_modern']:.2f}x |")
+        caffe, ratio = ((f"{r['gflops_caffe']:.1f}", f"{r['caffe_over_modern']:.2f}x")
+                        if r["gflops_caffe"] is not None else ("-", "-"))
+        lines.append(f"| {r['model']} | {r['params_M']:.1f} | {r['gflops_modern']:.1f} | {caffe} | {ratio} |")
     lines.append(f"\n{num_classes} classes; 1 GFLOP = 1e9 floating-point operations "
                  f"(a multiply-add counts 2), counted by torch.utils.flop_counter.")
     return "\n".join(lines)

