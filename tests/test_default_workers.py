@@ -61,6 +61,7 @@ def test_eval_and_bench_default_to_the_same_rule(synthetic_voc, monkeypatch):
         raise KeyboardInterrupt  # stop before any evaluation
 
     monkeypatch.setattr(E, "make_eval_loader", loader_spy)
+    monkeypatch.setattr(E, "load_checkpoint", lambda path: {"config": {}})
     monkeypatch.setattr(E, "model_from_checkpoint", lambda *a, **k: torch.nn.Identity())
     with pytest.raises(KeyboardInterrupt):
         E.run_eval("c.pt", str(synthetic_voc), "val", device="cpu")  # workers not given

