@@ -167,10 +167,15 @@ def _build(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     if cfg.init:
         return _load_init(cfg.init, cfg.model, num_classes)
     try:
-        return build_model(cfg.model, num_classes=num_classes, geometry=cfg.geometry,
-                           backbone_weights=cfg.backbone_weights, **cfg.model_kwargs)
+        model = build_model(cfg.model, num_classes=num_classes, geometry=cfg.geometry,
+                            backbone_weights=cfg.backbone_weights, **cfg.model_kwargs)
     except TypeError as e:  # unknown --model-arg for this backbone
         raise ConfigError(f"--model-arg: {e}") from None
+    convention = model.fcn_config.get("input_convention", "imagenet")
+    if cfg.backbone_weights and convention != "imagenet":
+        log(f"--backbone-weights {cfg.backbone_weights} expect input convention '{convention}': the model "
+            f"converts its (standard, ImageNet-normalised RGB) input itself; the checkpoints record it")
+    return model
 
 
 def _model_of(ckpt: dict, path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:

@@ -81,14 +81,31 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     raise CheckpointError(f"{source}: not a state dict (expected a mapping of parameter names to tensors)")
 
 
-def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
-    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
+def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> str | None:
+    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
+
+    Returns the input convention the file records, or None (a plain state dict, e.g.
+    torchvision's: the standard input). Files from ``fcnseg import caffe --backbone`` record
+    ``{"input_convention": "caffe", "state_dict": ...}``; fcnseg checkpoints record theirs
+    in ``model``.
+    """
     from fcnseg.checkpoint import safe_torch_load
 
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
     load_state_dict_checked(backbone, sd, source=source)
+    return recorded_input_convention(raw)
+
+
+def recorded_input_convention(obj: object) -> str | None:
+    """The input convention a weights file records (backbone file or checkpoint), else None."""
+    if not isinstance(obj, Mapping):
+        return None
+    found = obj.get("input_convention")
+    if found is None and obj.get("format") == "fcnseg-checkpoint" and isinstance(obj.get("model"), Mapping):
+        found = obj["model"].get("input_convention")
+    return found if isinstance(found, str) else None
 
 
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
