@@ -3,10 +3,10 @@
 ``.caffemodel`` files are a binary protobuf ``NetParameter``; ``.prototxt`` files are the
 same message in protobuf's text format. Instead of pycaffe or protoc-generated code, the
 message descriptors are built here in Python (``descriptor_pb2.FileDescriptorProto``) for
-exactly the fields fcnseg needs, with the field numbers, types and packing of BVLC Caffe's
-``src/caffe/proto/caffe.proto`` (the ``master`` branch, identical since 2016 for these
-fields). The ``protobuf`` library parses the files; fields not declared here are skipped
-(binary) or ignored (text), so files from any Caffe version, fork or with extra layers read.
+exactly the fields fcnseg needs, with the field numbers, types, defaults and packing of BVLC
+Caffe's ``src/caffe/proto/caffe.proto`` (master branch). The ``protobuf`` library parses the
+files; fields not declared here are skipped (binary) or ignored (text), so files with other
+layers or from Caffe forks that keep these numbers read too.
 
 Both net formats are covered: the current ``layer`` (LayerParameter, field 100, string
 types) and the old V1 ``layers`` (V1LayerParameter, field 2, enum types; e.g. the paper's
