@@ -65,8 +65,7 @@ class Nets:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.rng = np.random.default_rng(0)
-        self.convs = ref.vgg16_conv_weights(self.rng)  # shared by every case
+        self.convs = ref.vgg16_conv_weights(np.random.default_rng(0))  # shared by every case
         self.image = smooth_image(H, W, seed=5)
         self.image_path = write_image(root / "photo.png", self.image)
         self._cache: dict[str, tuple[Path, Path, np.ndarray]] = {}
@@ -78,7 +77,8 @@ class Nets:
             variant, at_once, group = spec.pop("variant"), spec.pop("at_once", False), spec.get("deconv_group")
             proto = self.root / f"{case}.prototxt"
             proto.write_text(ref.fcn_deploy_prototxt(variant, at_once=at_once, fc_width=FC, deconv_group=group))
-            weights = ref.fcn_weights(variant, self.rng, at_once=at_once, fc_width=FC, convs=self.convs, **spec)
+            rng = np.random.default_rng(1 + list(CASES).index(case))  # the same whatever ran before
+            weights = ref.fcn_weights(variant, rng, at_once=at_once, fc_width=FC, convs=self.convs, **spec)
             model = ref.write_caffemodel(proto, self.root / f"{case}.caffemodel", weights)
             self._cache[case] = (proto, model, ref.opencv_forward(proto, model, self.image))
         return self._cache[case]
@@ -202,6 +202,7 @@ def test_eval_honours_the_convention(nets, imported, tmp_path):
     data = tmp_path / "data"
     write_image(data / "images" / "val" / "photo.png", nets.image)
     save_palette_mask(oracle[0].argmax(0).astype(np.uint8), data / "masks" / "val" / "photo.png")
+    (data / "class_names.txt").write_text("".join(f"{n}\n" for n in VOC_CLASSES))  # 21, whatever the labels
     rc, out, err = run_cli(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json",
                             "--workers", "0", "--device", "cpu"])
     assert rc == 0, err
