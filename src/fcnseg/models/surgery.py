@@ -9,7 +9,9 @@ model module), used by the registry, the classifier head and checkpoints:
   classifier (fc8 / ``fc``) is dropped, as in the paper.
 - :func:`unwrap_state_dict`: the state dict inside whatever a weights file holds.
 - :func:`load_state_dict_checked` / :func:`load_backbone_weights`: strict loading whose
-  errors say which keys and shapes disagree.
+  errors say which keys and shapes disagree; the latter returns the input convention the file
+  records (:func:`recorded_input_convention`, e.g. ``"caffe"`` for ``fcnseg import caffe``'s
+  backbone files).
 
 The classifier as a whole FCN is :mod:`fcnseg.models.classifier_head`; staged
 initialisation (32s -> 16s -> 8s) is :mod:`fcnseg.models.staging`.
@@ -88,12 +90,29 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     raise CheckpointError(f"{source}: not a state dict (expected a mapping of parameter names to tensors)")
 
 
-def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
-    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``."""
+def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> str | None:
+    """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
+
+    Returns the input convention the file records, or None (a plain state dict, e.g.
+    torchvision's: the standard input). Files from ``fcnseg import caffe --backbone`` record
+    ``{"input_convention": "caffe", "state_dict": ...}``; fcnseg checkpoints record theirs
+    in ``model``.
+    """
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
     load_state_dict_checked(backbone, sd, source=source)
+    return recorded_input_convention(raw)
+
+
+def recorded_input_convention(obj: object) -> str | None:
+    """The input convention a weights file records (backbone file or checkpoint), else None."""
+    if not isinstance(obj, Mapping):
+        return None
+    found = obj.get("input_convention")
+    if found is None and obj.get("format") == CHECKPOINT_FORMAT and isinstance(obj.get("model"), Mapping):
+        found = obj["model"].get("input_convention")
+    return found if isinstance(found, str) else None
 
 
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",

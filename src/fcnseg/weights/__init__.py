@@ -1,0 +1,1 @@
+"""Pretrained weights: importers from other frameworks and known weight files."""
