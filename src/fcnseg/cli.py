@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-masks": ("fcnseg.data.convert_masks", "convert RGB colour masks to class-index palette PNGs"),
     "check-data": ("fcnseg.data.check", "read every image and mask of a dataset; report all problems"),
     "weights": ("fcnseg.weights.cli", "list known pretrained weights (URL, hash, accuracy, cached); fetch one"),
-    "import": ("fcnseg.weights.import_cli", "convert other implementations' weights into fcnseg checkpoints"),
+    "import": ("fcnseg.weights.import_cli", "import other implementations' weights (Caffe .caffemodel, pytorch-fcn, torchvision)"),
 }
 
 

@@ -14,6 +14,7 @@ from fcnseg.engine.config import STAGES, TrainConfig, split_model_name
 from fcnseg.engine.distributed import log_main
 from fcnseg.errors import CheckpointError, ConfigError
 from fcnseg.models import build_model, upgrade
+from fcnseg.models.input_convention import STANDARD
 from fcnseg.models.relabel import with_new_classes
 
 
@@ -22,10 +23,15 @@ def initial_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     if cfg.init:
         return load_init(cfg.init, cfg.model, num_classes)
     try:
-        return build_model(cfg.model, num_classes=num_classes, geometry=cfg.geometry,
-                           backbone_weights=cfg.backbone_weights, **cfg.model_kwargs)
+        model = build_model(cfg.model, num_classes=num_classes, geometry=cfg.geometry,
+                            backbone_weights=cfg.backbone_weights, **cfg.model_kwargs)
     except TypeError as e:  # unknown --model-arg for this backbone
         raise ConfigError(f"--model-arg: {e}") from None
+    convention = model.fcn_config.get("input_convention", STANDARD)
+    if cfg.backbone_weights and convention != STANDARD:
+        log_main(f"--backbone-weights {cfg.backbone_weights} expect input convention '{convention}': the model "
+                 f"converts its (standard, ImageNet-normalised RGB) input itself; the checkpoints record it")
+    return model
 
 
 def load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:

@@ -11,7 +11,9 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor
 
+from fcnseg.errors import CheckpointError
 from fcnseg.models.fcn import FCN
+from fcnseg.models.input_convention import ConvertInput
 from fcnseg.models.surgery import load_backbone_weights
 
 _MODELS: dict[str, Callable[..., FCN]] = {}
@@ -71,8 +73,11 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
         at_once: scale skip features as in all-at-once training.
         input_convention: the pixel values the backbone's weights expect (``"imagenet"``,
             ``"caffe"``, ``"tf"``, ...; see :mod:`fcnseg.models.input_convention`). None: the
-            backbone's own default. Callers always pass the standard ImageNet-normalised RGB input.
-        **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``).
+            backbone's own default, or the convention a ``backbone_weights`` file records (e.g.
+            ``"caffe"`` for ``fcnseg import caffe --backbone vgg16``). Callers always pass the
+            standard ImageNet-normalised RGB input.
+        **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``; ``vgg16``:
+            ``fc_width``, for small test nets).
 
     Returns an :class:`FCN` whose ``fcn_config`` records these arguments.
     """
@@ -85,7 +90,15 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
     model = _MODELS[name](num_classes=num_classes, geometry=geometry, upsampling=upsampling,
                           at_once=at_once, input_convention=input_convention, **backbone_kwargs)
     if backbone_weights is not None:
-        load_backbone_weights(model.backbone, backbone_weights)
+        recorded = load_backbone_weights(model.backbone, backbone_weights)
+        if recorded and recorded != model.prepare_input.convention:
+            if input_convention is not None:
+                source = backbone_weights if isinstance(backbone_weights, (str, os.PathLike)) else "backbone weights"
+                raise CheckpointError(f"{source}: these weights expect the {recorded!r} input convention, but "
+                                      f"input_convention={input_convention!r} was asked; leave it unset to "
+                                      f"use the weights' own")
+            # The weights' own convention (e.g. Caffe's BGR 0-255): the model converts its input.
+            model.prepare_input = ConvertInput(recorded)
     model.fcn_config = {"name": name, "num_classes": num_classes, "geometry": geometry,
                         "upsampling": upsampling, "at_once": at_once,
                         "input_convention": model.prepare_input.convention, **backbone_kwargs}

@@ -13,7 +13,9 @@ model module), used by the registry, the classifier head and checkpoints:
   errors say which keys and shapes disagree (:func:`check_state_dict`: the same checks alone,
   e.g. on a weightless "meta" model). Backbone weights may be named: ``"imagenet"`` takes the
   backbone's own file when it has one (``backbone.imagenet_weights()``); other names are
-  resolved by :mod:`fcnseg.weights.catalog`, imported only then.
+  resolved by :mod:`fcnseg.weights.catalog`, imported only then. :func:`load_backbone_weights`
+  returns the input convention the file records (:func:`recorded_input_convention`, e.g. ``"caffe"`` for ``fcnseg import caffe``'s
+  backbone files).
 
 The classifier as a whole FCN is :mod:`fcnseg.models.classifier_head`; staged
 initialisation (32s -> 16s -> 8s) is :mod:`fcnseg.models.staging`.
@@ -103,7 +105,7 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     raise CheckpointError(f"{source}: not a state dict (expected a mapping of parameter names to tensors)")
 
 
-def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> None:
+def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> str | None:
     """Load classifier/backbone weights (torchvision layout or fcnseg's) into ``backbone``.
 
     ``weights``: a state dict, a path, or a name. ``"imagenet"`` takes the backbone's own ImageNet
@@ -111,6 +113,11 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapp
     names come from the weights catalog (``"imagenet"``, ``"vgg16-397923af.pth"``, ...:
     :mod:`fcnseg.weights.catalog`), fetched into torch's hub cache. An unknown name is an error,
     never a silent start from random weights.
+
+    Returns the input convention the file records, or None (a plain state dict, e.g.
+    torchvision's: the standard input). Files from ``fcnseg import caffe --backbone`` record
+    ``{"input_convention": "caffe", "state_dict": ...}``; fcnseg checkpoints record theirs
+    in ``model``.
     """
     if isinstance(weights, str) and weights == "imagenet" and hasattr(backbone, "imagenet_weights"):
         weights = backbone.imagenet_weights()
@@ -124,6 +131,17 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapp
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
     load_state_dict_checked(backbone, sd, source=source)
+    return recorded_input_convention(raw)
+
+
+def recorded_input_convention(obj: object) -> str | None:
+    """The input convention a weights file records (backbone file or checkpoint), else None."""
+    if not isinstance(obj, Mapping):
+        return None
+    found = obj.get("input_convention")
+    if found is None and obj.get("format") == CHECKPOINT_FORMAT and isinstance(obj.get("model"), Mapping):
+        found = obj["model"].get("input_convention")
+    return found if isinstance(found, str) else None
 
 
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",

@@ -1,7 +1,8 @@
-"""``fcnseg import SOURCE ...``: convert weights from other implementations into fcnseg checkpoints.
+"""``fcnseg import SOURCE ...``: weights from other frameworks as ordinary fcnseg files.
 
-Each importer module provides ``add_import_arguments(parser)`` and ``run_import(args) -> int``;
-only the chosen one is imported (some need optional packages).
+Each importer is a module with ``add_import_arguments(parser)`` and ``run_import(args) -> int``,
+listed in :data:`IMPORTERS`; only the chosen one is imported (its optional dependencies,
+e.g. protobuf for Caffe, are needed only when it runs).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 
 # source -> (module, one-line help)
 IMPORTERS: dict[str, tuple[str, str]] = {
+    "caffe": ("fcnseg.weights.caffe",
+              "the paper's Caffe FCNs (.caffemodel) -> fcnseg checkpoint; VGG16 -> --backbone-weights"),
     "pytorch-fcn": ("fcnseg.weights.pytorch_fcn",
                     "wkentaro/pytorch-fcn checkpoints (FCN32s/16s/8s/8sAtOnce, e.g. fcn8s_from_caffe.pth)"),
     "torchvision": ("fcnseg.weights.torchvision_fcn",
@@ -18,15 +21,19 @@ IMPORTERS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="importer", metavar="SOURCE")
     argv = sys.argv[1:]
-    wanted = argv[argv.index("import") + 1] if "import" in argv[:-1] else None
+    wanted = argv[argv.index("import") + 1] if "import" in argv and argv.index("import") + 1 < len(argv) else None
     for name, (module, help_) in IMPORTERS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_)
         if name == wanted:
-            importlib.import_module(module).add_import_arguments(p)
+            importlib.import_module(module).add_import_arguments(sp)
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    return int(importlib.import_module(IMPORTERS[args.source][0]).run_import(args) or 0)
+    if not getattr(args, "importer", None):
+        print("usage: fcnseg import {" + ",".join(IMPORTERS) + "} ...  (fcnseg import SOURCE --help)",
+              file=sys.stderr)
+        return 2
+    return int(importlib.import_module(IMPORTERS[args.importer][0]).run_import(args) or 0)

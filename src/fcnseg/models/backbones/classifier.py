@@ -22,12 +22,12 @@ class ClassifierBackbone(Backbone):
 
     _taps: dict[str, int]
 
-    def _add_fc67(self, in_ch: int, kernel: int, geometry: str, dropout: float) -> None:
+    def _add_fc67(self, in_ch: int, kernel: int, geometry: str, dropout: float, width: int = 4096) -> None:
         # modern: fc6 padded by 3 so its window is centred and small inputs work
-        self.fc6 = nn.Conv2d(in_ch, 4096, kernel, padding=3 if geometry == "modern" else 0)
+        self.fc6 = nn.Conv2d(in_ch, width, kernel, padding=3 if geometry == "modern" else 0)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(dropout)
-        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.fc7 = nn.Conv2d(width, width, 1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(dropout)
 
@@ -59,7 +59,7 @@ class VGG16(ClassifierBackbone):
     feature_channels = {8: 256, 16: 512, 32: 4096}
     _taps = {"pool3": 17, "pool4": 24}
 
-    def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
+    def __init__(self, geometry: str = "modern", dropout: float = 0.5, fc_width: int = 4096) -> None:
         super().__init__()
         check_geometry(geometry)
         layers: list[nn.Module] = []
@@ -73,7 +73,9 @@ class VGG16(ClassifierBackbone):
                 layers += [nn.Conv2d(in_ch, int(v), 3, padding=pad), nn.ReLU(inplace=True)]
                 in_ch = int(v)
         self.features = nn.Sequential(*layers)  # indices identical to torchvision's vgg16
-        self._add_fc67(512, 7, geometry, dropout)
+        # fc_width < 4096 only for small test nets (e.g. the Caffe importer's oracle tests)
+        self._add_fc67(512, 7, geometry, dropout, int(fc_width))
+        self.feature_channels = {**self.feature_channels, 32: int(fc_width)}
 
 
 class AlexNet(ClassifierBackbone):
@@ -102,9 +104,10 @@ class AlexNet(ClassifierBackbone):
         self._add_fc67(256, 6, geometry, dropout)
 
 
-def vgg16(geometry: str = "modern", **kw) -> VGG16:
-    """VGG16 backbone (torchvision's ``vgg16`` layout); ``kw``: ``dropout``."""
-    return VGG16(geometry, **kw)
+def vgg16(geometry: str = "modern", fc_width: int = 4096) -> VGG16:
+    """VGG16 backbone (torchvision's ``vgg16`` layout); ``fc_width``: fc6/fc7 channels (4096;
+    smaller only for small test nets, e.g. the Caffe importer's)."""
+    return VGG16(geometry, fc_width=fc_width)
 
 
 def alexnet(geometry: str = "modern", **kw) -> AlexNet:
