@@ -1,8 +1,10 @@
 """Backbones: image classifiers made fully convolutional.
 
 Every backbone returns a dict of named feature maps at strides 8, 16 and 32
-(``feature_names``), and knows the modules on the path from the input to each one
-(``coord_paths``), from which the FCN head derives its crop offsets.
+(``feature_names``, FCN's), or, when asked with ``taps=``, the maps at every stride it has
+(``tap_names``, U-Net's), and knows the modules on the path from the input to each one
+(``coord_paths``), from which the heads derive their crop offsets. The contract is written
+out in :class:`Backbone`.
 
 Parameter names match torchvision's models (``features.0.weight``, ``layer1.0.conv1.weight``,
 ...), so a torchvision state dict loads unchanged; only the classifier's fully connected
@@ -19,7 +21,7 @@ Geometries (``geometry=``):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,18 +32,44 @@ CAFFE_PAD = 100
 
 
 class Backbone(nn.Module):
-    """Base class. Subclasses set ``feature_names``/``feature_channels`` keyed by stride."""
+    """Base class of the encoders. The contract a subclass implements:
+
+    - ``arch``: its name (``"vgg16"``, ``"resnet50"``, ...; weight conversion keys on it).
+    - ``feature_names`` / ``feature_channels``: ``{8: name, 16: name, 32: name}`` and their
+      channel counts, the maps FCN scores (e.g. VGG16: pool3, pool4, fc7). Empty if the
+      encoder has no stride-32 map (then it serves U-Net only).
+    - ``tap_names`` / ``tap_channels``: ``{stride: name}`` for every stride the encoder has a
+      map at, a contiguous run of powers of two ending at its deepest map (ResNets: 2, 4, 8,
+      16, 32; VGG16: 1 .. 32), each the last map at that resolution; U-Net concatenates
+      them. Empty if the encoder cannot serve U-Net.
+    - ``forward(x, taps=None)``: ``x`` (B, 3, H, W) -> dict name -> (B, C, ~H/s, ~W/s).
+      Without ``taps`` it returns exactly the ``feature_names`` maps and computes nothing
+      else (FCN's path); with ``taps`` (names from either dict) it returns those maps and
+      stops after the deepest one. Any H, W >= 1 that keeps every map >= 1x1 works.
+    - ``coord_paths()``: for every name in either dict, the modules from the input to that
+      map, in order (the heads derive grid alignment from them, see
+      :mod:`fcnseg.models.geometry`).
+    """
 
     feature_names: dict[int, str]
     feature_channels: dict[int, int]
+    tap_names: dict[int, str] = {}
+    tap_channels: dict[int, int] = {}
     arch: str
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
         """Modules (in order) from the input to each named feature map."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+    def forward(self, x: Tensor, taps: Collection[str] | None = None) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def _check_taps(self, taps: Collection[str]) -> set[str]:
+        known = set(self.feature_names.values()) | set(self.tap_names.values())
+        unknown = set(taps) - known
+        if unknown:
+            raise ValueError(f"{self.arch} has no feature map(s) {sorted(unknown)}; it has {sorted(known)}")
+        return set(taps)
 
 
 # Above this many bytes of unfolded input, conv_as_gemm falls back to the convolution.
@@ -78,11 +106,13 @@ def _check_geometry(geometry: str) -> None:
 class ClassifierBackbone(Backbone):
     """A classifier with conv ``features`` and fully connected fc6/fc7 (VGG16, AlexNet).
 
-    fc6/fc7 are convolutions here (``k x k`` over pool5, then 1x1). ``_taps`` names the
-    stride-8 and stride-16 maps by the end index of their slice of ``features``.
+    fc6/fc7 are convolutions here (``k x k`` over pool5, then 1x1). ``_taps`` names FCN's
+    stride-8 and stride-16 maps by the end index of their slice of ``features``; ``_ends``
+    names every map that can be tapped (``_taps``' and U-Net's) the same way.
     """
 
     _taps: dict[str, int]
+    _ends: dict[str, int]
 
     def _add_fc67(self, in_ch: int, kernel: int, geometry: str, dropout: float) -> None:
         # modern: fc6 padded by 3 so its window is centred and small inputs work
@@ -95,9 +125,14 @@ class ClassifierBackbone(Backbone):
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
         f = list(self.features)
-        return {**{name: f[:end] for name, end in self._taps.items()}, "fc7": f + [self.fc6, self.fc7]}
+        paths = {name: f[:end] for name, end in self._ends.items()}
+        if hasattr(self, "fc6"):
+            paths["fc7"] = f + [self.fc6, self.fc7]
+        return paths
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, taps: Collection[str] | None = None) -> dict[str, Tensor]:
+        if taps is not None:
+            return self._forward_taps(x, self._check_taps(taps))
         out: dict[str, Tensor] = {}
         start = 0
         for name, end in self._taps.items():  # (B, C8, H/8, W/8), then (B, C16, H/16, W/16)
@@ -108,6 +143,27 @@ class ClassifierBackbone(Backbone):
         out["fc7"] = self.drop7(self.relu7(conv_as_gemm(self.fc7, fc6)))  # (B, 4096, H/32, W/32)
         return out
 
+    def _forward_taps(self, x: Tensor, want: set[str]) -> dict[str, Tensor]:
+        """The maps in ``want``; ``features`` runs only as deep as the deepest one."""
+        out: dict[str, Tensor] = {}
+        start = 0
+        # Slices end after a ReLU or a pool, never between a conv and its ReLU (the CPU fast
+        # path fuses those two).
+        for name, end in sorted(self._ends.items(), key=lambda item: item[1]):
+            if not want - out.keys():
+                return out
+            x = self.features[start:end](x)  # (B, C, ~H/s, ~W/s)
+            start = end
+            if name in want:
+                out[name] = x
+        if "fc7" in want:
+            if not hasattr(self, "fc6"):
+                raise ValueError(f"{self.arch} was built without fc6/fc7 (classifier=False)")
+            pool5 = self.features[start:](x)
+            fc6 = self.drop6(self.relu6(conv_as_gemm(self.fc6, pool5)))
+            out["fc7"] = self.drop7(self.relu7(conv_as_gemm(self.fc7, fc6)))
+        return out
+
 
 # --------------------------------------------------------------------------- VGG16
 
@@ -116,14 +172,23 @@ _VGG16_CFG: Sequence[int | str] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M
 
 
 class VGG16(ClassifierBackbone):
-    """VGG16 (configuration D), the paper's backbone. Features: pool3, pool4, fc7."""
+    """VGG16 (configuration D), the paper's backbone. Features: pool3, pool4, fc7.
+
+    Taps (U-Net): the last ReLU before each pool, conv1_2 .. conv5_3 at strides 1 .. 16, and
+    pool5 at stride 32. ``classifier=False`` leaves out fc6/fc7 (an encoder that stops at
+    pool5; a torchvision state dict still loads, its classifier weights are dropped).
+    """
 
     arch = "vgg16"
     feature_names = {8: "pool3", 16: "pool4", 32: "fc7"}
     feature_channels = {8: 256, 16: 512, 32: 4096}
+    tap_names = {1: "conv1_2", 2: "conv2_2", 4: "conv3_3", 8: "conv4_3", 16: "conv5_3", 32: "pool5"}
+    tap_channels = {1: 64, 2: 128, 4: 256, 8: 512, 16: 512, 32: 512}
     _taps = {"pool3": 17, "pool4": 24}
+    _ends = {"conv1_2": 4, "conv2_2": 9, "conv3_3": 16, "pool3": 17, "conv4_3": 23, "pool4": 24,
+             "conv5_3": 30, "pool5": 31}
 
-    def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
+    def __init__(self, geometry: str = "modern", dropout: float = 0.5, classifier: bool = True) -> None:
         super().__init__()
         _check_geometry(geometry)
         layers: list[nn.Module] = []
@@ -137,7 +202,8 @@ class VGG16(ClassifierBackbone):
                 layers += [nn.Conv2d(in_ch, int(v), 3, padding=pad), nn.ReLU(inplace=True)]
                 in_ch = int(v)
         self.features = nn.Sequential(*layers)  # indices identical to torchvision's vgg16
-        self._add_fc67(512, 7, geometry, dropout)
+        if classifier:
+            self._add_fc67(512, 7, geometry, dropout)
 
 
 # --------------------------------------------------------------------------- AlexNet
@@ -148,7 +214,7 @@ class AlexNet(ClassifierBackbone):
     arch = "alexnet"
     feature_names = {8: "conv2", 16: "conv5", 32: "fc7"}
     feature_channels = {8: 192, 16: 256, 32: 4096}
-    _taps = {"conv2": 5, "conv5": 12}
+    _taps = _ends = {"conv2": 5, "conv5": 12}
 
     def __init__(self, geometry: str = "modern", dropout: float = 0.5) -> None:
         super().__init__()
@@ -225,7 +291,9 @@ class ResNet(Backbone):
     """ResNet (torchvision layout, no ``fc``). Features: layer2 (s8), layer3 (s16), layer4 (s32).
 
     ``stem="imagenet"`` is torchvision's 7x7/2 conv + 3x3/2 max pool; ``stem="small"`` is two
-    3x3/2 conv-BN-ReLU layers (the from-scratch ``small`` backbone).
+    3x3/2 conv-BN-ReLU layers (the from-scratch ``small`` backbone). Taps (U-Net): the stem's
+    stride-2 map (``conv1``: conv1-bn1-relu before the max pool; ``stem1``: the small stem's
+    first conv-BN-ReLU), then layer1 .. layer4 at strides 4 .. 32.
     """
 
     feature_names = {8: "layer2", 16: "layer3", 32: "layer4"}
@@ -261,6 +329,9 @@ class ResNet(Backbone):
         self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
         e = block.expansion
         self.feature_channels = {8: widths[1] * e, 16: widths[2] * e, 32: widths[3] * e}
+        self._s2_name = "conv1" if stem == "imagenet" else "stem1"
+        self.tap_names = {2: self._s2_name, 4: "layer1", **self.feature_names}
+        self.tap_channels = {2: self._stem[0].out_channels, 4: widths[0] * e, **self.feature_channels}
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -281,14 +352,16 @@ class ResNet(Backbone):
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
         path: list[nn.Module] = list(self._stem)
-        out: dict[str, list[nn.Module]] = {}
+        out: dict[str, list[nn.Module]] = {self._s2_name: path[:3]}  # conv-BN-ReLU at stride 2
         for name in ("layer1", "layer2", "layer3", "layer4"):
             for blk in getattr(self, name):
                 path = path + blk.main_path()
             out[name] = path
-        return {k: out[k] for k in ("layer2", "layer3", "layer4")}
+        return out
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, taps: Collection[str] | None = None) -> dict[str, Tensor]:
+        if taps is not None:
+            return self._forward_taps(x, self._check_taps(taps))
         if hasattr(self, "stem"):
             x = self.stem(x)                                   # (B, w, H/4, W/4)
         else:
@@ -298,6 +371,23 @@ class ResNet(Backbone):
         c4 = self.layer3(c3)  # (B, C16, H/16, W/16)
         c5 = self.layer4(c4)  # (B, C32, H/32, W/32)
         return {"layer2": c3, "layer3": c4, "layer4": c5}
+
+    def _forward_taps(self, x: Tensor, want: set[str]) -> dict[str, Tensor]:
+        """The maps in ``want``, running the layers only as deep as the deepest one."""
+        if hasattr(self, "stem"):
+            s2 = self.stem[:3](x)  # (B, w/2, H/2, W/2)
+            x = self.stem[3:](s2)  # (B, w, H/4, W/4)
+        else:
+            s2 = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
+            x = self.maxpool(s2)  # (B, 64, H/4, W/4)
+        out = {self._s2_name: s2} if self._s2_name in want else {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):  # strides 4, 8, 16, 32
+            if not want - out.keys():
+                break
+            x = getattr(self, name)(x)
+            if name in want:
+                out[name] = x
+        return out
 
 
 def vgg16(geometry: str = "modern", **kw) -> VGG16:
