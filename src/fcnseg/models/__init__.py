@@ -1,4 +1,4 @@
-"""FCN models: backbones, 32s/16s/8s heads, surgery, registry."""
+"""Models: backbones, FCN 32s/16s/8s heads, U-Net, surgery, registry."""
 from fcnseg.models.backbones import BACKBONES, Backbone
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import count_flops, count_params
@@ -10,7 +10,8 @@ from fcnseg.models.surgery import (
     load_state_dict_checked,
     upgrade,
 )
+from fcnseg.models.unet import UNet
 
-__all__ = ["BACKBONES", "Backbone", "FCN", "build_model", "list_models", "register_model",
+__all__ = ["BACKBONES", "Backbone", "FCN", "UNet", "build_model", "list_models", "register_model",
            "convert_classifier_state_dict", "convolutionalize", "load_backbone_weights",
            "load_state_dict_checked", "upgrade", "count_flops", "count_params"]

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fcnseg.errors import CheckpointError
+from fcnseg.models.fcn import FCN
 
 # torchvision classifier layer -> (our conv name, spatial kernel size)
 _FC_LAYOUT = {
@@ -88,6 +89,8 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapp
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
+    if not hasattr(backbone, "fc6"):  # an encoder built without the classifier (U-Net's VGG16)
+        sd = {k: v for k, v in sd.items() if not k.startswith(("fc6.", "fc7."))}
     load_state_dict_checked(backbone, sd, source=source)
 
 
@@ -166,6 +169,9 @@ def upgrade(model: nn.Module, to: str) -> nn.Module:
     """
     from fcnseg.models.registry import build_model
 
+    if not isinstance(model, FCN):
+        name = getattr(model, "fcn_config", {}).get("name", type(model).__name__)
+        raise ValueError(f"staged upgrade (FCN-32s -> 16s -> 8s) needs an FCN; {name} is not one")
     cfg = dict(model.fcn_config)
     old_variant = model.variant
     to = to.removeprefix("fcn")
