@@ -150,7 +150,12 @@ def _load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
     if src_backbone != dst_backbone:
         raise CheckpointError(f"--init {path}: checkpoint is for model '{src}' (backbone {src_backbone}), "
                               f"cannot initialise '{model_name}' (backbone {dst_backbone})")
-    if STAGES.index(src_stride) > STAGES.index(dst_stride):
+    if "unet" in (src_stride, dst_stride):
+        if src_stride != dst_stride:
+            raise CheckpointError(f"--init {path}: checkpoint is for model '{src}', cannot initialise "
+                                  f"'{model_name}' (only FCNs upgrade 32s -> 16s -> 8s); to start from its "
+                                  f"encoder, pass it as --backbone-weights instead")
+    elif STAGES.index(src_stride) > STAGES.index(dst_stride):
         raise CheckpointError(f"--init {path}: cannot go from the finer '{src}' to the coarser '{model_name}'")
     model = model_from_checkpoint(ckpt, num_classes=num_classes)
     if src_stride != dst_stride:
