@@ -150,10 +150,9 @@ def test_classic_unet_equals_the_paper_net_written_independently():
         for i in range(5):
             if i:
                 y = F.max_pool2d(y, 2, 2, ceil_mode=True)
-            j = 1 if i else 0  # level i > 0 starts with its pool
-            y = F.relu(F.conv2d(y, sd[f"backbone.levels.{i}.{j}.weight"], sd[f"backbone.levels.{i}.{j}.bias"], padding=1))
-            y = F.relu(F.conv2d(y, sd[f"backbone.levels.{i}.{j + 2}.weight"], sd[f"backbone.levels.{i}.{j + 2}.bias"],
-                                padding=1))
+            for j in ((1, 3) if i else (0, 2)):  # conv, ReLU, conv, ReLU (after the pool if i > 0)
+                q = f"backbone.levels.{i}.{j}."
+                y = F.relu(F.conv2d(y, sd[q + "weight"], sd[q + "bias"], padding=1))
             feats.append(y)
         for i, skip in enumerate(reversed(feats[:-1])):
             y = _ref_level(y, skip, sd, i, kernel=2, bn=False)
