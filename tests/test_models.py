@@ -57,7 +57,8 @@ def test_unknown_backbone_option_is_named():
 def test_fcn_config_records_build_arguments():
     m = build_model("fcn16s_small", num_classes=5, geometry="caffe", width=8)
     assert m.fcn_config == {"name": "fcn16s_small", "num_classes": 5, "geometry": "caffe",
-                            "upsampling": "paper", "at_once": False, "width": 8}
+                            "upsampling": "paper", "at_once": False, "input_convention": "imagenet",
+                            "width": 8}
 
 
 # ----------------------------------------------------------------------------- every model

@@ -53,7 +53,8 @@ def test_registry_and_config():
     m = build_model("unet_small", num_classes=5, geometry="caffe", width=8)
     assert isinstance(m, UNet)
     # what checkpoints store to rebuild it: no FCN head options
-    assert m.fcn_config == {"name": "unet_small", "num_classes": 5, "geometry": "caffe", "width": 8}
+    assert m.fcn_config == {"name": "unet_small", "num_classes": 5, "geometry": "caffe",
+                            "input_convention": "imagenet", "width": 8}
     with pytest.raises(ValueError, match="options of FCN heads"):
         build_model("unet_small", upsampling="learned")
     with pytest.raises(TypeError, match="unet_resnet18 got unknown option.*width"):
@@ -271,6 +272,23 @@ def test_backbone_weights_from_an_fcn_checkpoint(tmp_path):
     assert state_dicts_equal(unet.backbone.state_dict(), fcn.backbone.state_dict())
 
 
+def test_input_convention_is_applied_first_and_recorded(tmp_path):
+    """As for FCN: the model converts the standard input to what its encoder's weights expect
+    (here caffe's BGR 0..255 minus the mean pixel, before the caffe geometry's pad of 100)."""
+    from fcnseg.models.input_convention import ConvertInput
+
+    for geometry in ("modern", "caffe"):
+        caffe = tiny_unet(geometry=geometry, input_convention="caffe")
+        plain = tiny_unet(geometry=geometry)
+        plain.load_state_dict(caffe.state_dict())
+        x = torch.randn(1, 3, 37, 45)
+        with torch.no_grad():
+            got, want = caffe(x), plain(ConvertInput("caffe")(x))
+        assert (got - want).abs().max() <= 1e-4 * got.abs().max() and not torch.allclose(got, plain(x))
+    save_checkpoint(tmp_path / "c.pt", caffe)
+    assert fcnseg.load_model(tmp_path / "c.pt").prepare_input.convention == "caffe"
+
+
 # ----------------------------------------------------------------------------- counts
 
 def _classic_counts(h: int, w: int, width: int = 64, n: int = 21) -> tuple[int, int]:
@@ -344,7 +362,8 @@ def test_train_max_minutes_then_resume_is_bit_identical(synthetic_voc, tmp_path)
     assert [s["loss"] for s in run_steps] == [s["loss"] for s in ref_steps]
     a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(run / "last.pt")
     assert state_dicts_equal(a["state_dict"], b["state_dict"])
-    assert b["model"] == {"name": "unet_small", "num_classes": 4, "geometry": "modern", "width": 8}
+    assert b["model"] == {"name": "unet_small", "num_classes": 4, "geometry": "modern",
+                          "input_convention": "imagenet", "width": 8}
 
 
 def test_train_bf16_amp_channels_last(synthetic_voc, tmp_path):

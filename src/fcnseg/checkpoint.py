@@ -112,6 +112,8 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, num_classes: int | 
             f"use a checkpoint trained on this label set (or start from backbone weights)")
     model_name = cfg.pop("name")
     cfg.pop("backbone_weights", None)
+    # Checkpoints from before input conventions were recorded all used the standard input.
+    cfg.setdefault("input_convention", "imagenet")
     model = build_model(model_name, **cfg)
     load_state_dict_checked(model, ckpt["state_dict"], source=source)
     return model

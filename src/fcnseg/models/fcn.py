@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from fcnseg.models.backbones import Backbone
 from fcnseg.models.geometry import CoordMap, bilinear_kernel, offset_between, out_size, sizes_through
+from fcnseg.models.input_convention import STANDARD, ConvertInput
 
 VARIANTS = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8)}
 UPSAMPLING = ("paper", "learned", "fixed")
@@ -45,13 +46,19 @@ class FCN(nn.Module):
         upsampling: "paper" (x2 layers learned, the final one fixed to bilinear, as in the
             paper), "learned" (all learned) or "fixed" (all fixed bilinear).
         at_once: scale pool4/pool3 by 1e-2/1e-4 before scoring (all-at-once training).
+        input_convention: what the backbone's weights expect (:mod:`fcnseg.models.input_convention`);
+            the model converts the standard input (RGB, ImageNet-normalised) itself.
 
-    ``forward(x: (B,3,H,W)) -> logits (B,N,H,W)`` for any H, W >= 1.
+    ``forward(x: (B,3,H,W)) -> logits (B,N,H,W)`` for any H, W >= 1; ``x`` is always the
+    standard input, whatever the convention.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, variant: str = "8s",
-                 geometry: str = "modern", upsampling: str = "paper", at_once: bool = False) -> None:
+                 geometry: str = "modern", upsampling: str = "paper", at_once: bool = False,
+                 input_convention: str = STANDARD) -> None:
         super().__init__()
+        # First op of forward, before any padding; holds no state-dict entries.
+        self.prepare_input = ConvertInput(input_convention)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
         if upsampling not in UPSAMPLING:
@@ -180,6 +187,7 @@ class FCN(nn.Module):
 
     # -- forward --------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        x = self.prepare_input(x)  # (B, 3, H, W) in the backbone's own input convention
         H, W = x.shape[-2:]
         m, c = self.min_input_size, self.cover_pad
         if c or H < m or W < m:  # pad bottom/right: the kept region [0,H)x[0,W) is unaffected

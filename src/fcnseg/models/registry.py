@@ -34,7 +34,8 @@ def list_models() -> list[str]:
 
 def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
                 backbone_weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
-                upsampling: str = "paper", at_once: bool = False, **backbone_kwargs: Any) -> nn.Module:
+                upsampling: str = "paper", at_once: bool = False, input_convention: str | None = None,
+                **backbone_kwargs: Any) -> nn.Module:
     """Build a registered model: an :class:`FCN` or a :class:`~fcnseg.models.unet.UNet`.
 
     Args:
@@ -46,6 +47,9 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
             e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
         upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`; FCN only).
         at_once: scale skip features as in all-at-once training (FCN only).
+        input_convention: the pixel values the backbone's weights expect (``"imagenet"``,
+            ``"caffe"``, ``"tf"``, ...; see :mod:`fcnseg.models.input_convention`). None: the
+            backbone's own default. Callers always pass the standard ImageNet-normalised RGB input.
         **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``;
             ``unet_classic``: ``width``, ``levels``, ``batchnorm``).
 
@@ -66,13 +70,14 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
         if head != _FCN_HEAD_DEFAULTS:
             raise ValueError(f"{name}: upsampling= and at_once= are options of FCN heads; a U-Net has neither")
         head = {}
-    model = entry(num_classes=num_classes, geometry=geometry, **head, **backbone_kwargs)
+    model = entry(num_classes=num_classes, geometry=geometry, input_convention=input_convention, **head,
+                  **backbone_kwargs)
     if backbone_weights is not None:
         from fcnseg.models.surgery import load_backbone_weights
 
         load_backbone_weights(model.backbone, backbone_weights)
     model.fcn_config = {"name": name, "num_classes": num_classes, "geometry": geometry,
-                        **head, **backbone_kwargs}
+                        **head, "input_convention": model.prepare_input.convention, **backbone_kwargs}
     return model
 
 
@@ -80,13 +85,15 @@ def _make_entry(variant: str, arch: str) -> Callable[..., FCN]:
     factory = BACKBONES[arch]
     accepted = set(inspect.signature(factory).parameters) - {"geometry"}
 
-    def entry(num_classes: int, geometry: str, upsampling: str, at_once: bool, **kw: Any) -> FCN:
+    def entry(num_classes: int, geometry: str, upsampling: str, at_once: bool,
+              input_convention: str | None = None, **kw: Any) -> FCN:
         unknown = set(kw) - accepted
         if unknown:
             raise TypeError(f"fcn{variant}_{arch} got unknown option(s) {sorted(unknown)}; "
                             f"accepted: {sorted(accepted) or 'none'}")
         backbone = factory(geometry=geometry, **kw)
-        return FCN(backbone, num_classes, variant, geometry, upsampling, at_once)
+        convention = input_convention or getattr(backbone, "default_input_convention", "imagenet")
+        return FCN(backbone, num_classes, variant, geometry, upsampling, at_once, convention)
 
     entry.__doc__ = f"FCN-{variant} on {arch}."
     return entry
@@ -98,8 +105,8 @@ for _arch in BACKBONES:
 
 
 def _make_unet_entry(arch: str) -> Callable[..., nn.Module]:
-    def entry(num_classes: int, geometry: str, **kw: Any) -> nn.Module:
-        return build_unet(arch, num_classes, geometry, **kw)
+    def entry(num_classes: int, geometry: str, input_convention: str | None = None, **kw: Any) -> nn.Module:
+        return build_unet(arch, num_classes, geometry, input_convention, **kw)
 
     entry.__doc__ = f"U-Net on {arch}."
     entry.fcn_head = False  # type: ignore[attr-defined]

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from fcnseg.models.backbones import BACKBONES, CAFFE_PAD, Backbone, _check_geometry
 from fcnseg.models.geometry import CoordMap, offset_between, out_size, sizes_through
+from fcnseg.models.input_convention import STANDARD, ConvertInput
 
 MAX_DECODER_CHANNELS = 256
 MIN_DECODER_CHANNELS = 8
@@ -129,15 +130,21 @@ class UNet(nn.Module):
         decoder_channels: width per decoder level, coarse to fine (one per stride from the
             deepest tap's / 2 down to 1); default: see the module docstring.
         batchnorm: BatchNorm after each decoder conv.
+        input_convention: what the encoder's weights expect (:mod:`fcnseg.models.input_convention`);
+            the model converts the standard input (RGB, ImageNet-normalised) itself.
 
-    ``forward(x: (B,3,H,W)) -> logits (B,N,H,W)`` for any H, W >= 1.
+    ``forward(x: (B,3,H,W)) -> logits (B,N,H,W)`` for any H, W >= 1; ``x`` is always the
+    standard input.
     Attributes as FCN's: ``crop_offsets`` (derived, ints), ``misalignment`` (empty when every
     grid lines up exactly), ``min_input_size``, ``cover_pad``.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, geometry: str = "modern",
-                 decoder_channels: Sequence[int] | None = None, batchnorm: bool = True) -> None:
+                 decoder_channels: Sequence[int] | None = None, batchnorm: bool = True,
+                 input_convention: str = STANDARD) -> None:
         super().__init__()
+        # First op of forward, before any padding; holds no state-dict entries.
+        self.prepare_input = ConvertInput(input_convention)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         names, chans = dict(backbone.tap_names), dict(backbone.tap_channels)
@@ -216,6 +223,7 @@ class UNet(nn.Module):
         return cur
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self.prepare_input(x)  # (B, 3, H, W) in the encoder's own input convention
         H, W = x.shape[-2:]
         m, c = self.min_input_size, self.cover_pad
         if c or H < m or W < m:  # pad bottom/right: the kept region [0,H)x[0,W) is unaffected
@@ -249,19 +257,23 @@ ENCODERS: dict[str, Callable[..., Backbone]] = {
 }
 
 
-def build_unet(arch: str, num_classes: int, geometry: str = "modern", **kw: Any) -> UNet:
+def build_unet(arch: str, num_classes: int, geometry: str = "modern", input_convention: str | None = None,
+               **kw: Any) -> UNet:
     """``unet_<arch>``; ``kw`` are the encoder's options (``small``: width, blocks;
-    ``classic``: width, levels, batchnorm). Raises TypeError for unknown options."""
+    ``classic``: width, levels, batchnorm). ``input_convention`` None: the encoder's default.
+    Raises TypeError for unknown options."""
     factory = ENCODERS[arch]
     accepted = set(inspect.signature(factory).parameters) - {"geometry"}
     unknown = set(kw) - accepted
     if unknown:
         raise TypeError(f"unet_{arch} got unknown option(s) {sorted(unknown)}; accepted: {sorted(accepted) or 'none'}")
     encoder = factory(geometry=geometry, **kw)
+    convention = input_convention or getattr(encoder, "default_input_convention", STANDARD)
     if arch == "classic":  # the paper's symmetric decoder: each level as wide as its skip
         widths = [encoder.tap_channels[s] for s in sorted(encoder.tap_channels, reverse=True)[1:]]
-        return UNet(encoder, num_classes, geometry, widths, batchnorm=bool(kw.get("batchnorm", False)))
-    return UNet(encoder, num_classes, geometry)
+        return UNet(encoder, num_classes, geometry, widths, batchnorm=bool(kw.get("batchnorm", False)),
+                    input_convention=convention)
+    return UNet(encoder, num_classes, geometry, input_convention=convention)
 
 
 # ----------------------------------------------------------------------------- helpers
