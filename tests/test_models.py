@@ -20,7 +20,7 @@ HEAVY = ("vgg16", "resnet50", "resnet34")  # large backbones: fewer/smaller case
 
 
 def small_kwargs(name: str) -> dict:
-    return {"width": 8} if name.endswith("_small") else {}
+    return {"width": 8} if name.endswith(("_small", "_classic")) else {}
 
 
 def randomize_scores(model: torch.nn.Module, seed: int = 0) -> None:
@@ -39,7 +39,9 @@ def test_registry_names():
     for variant in ("32s", "16s", "8s"):
         for arch in ("vgg16", "alexnet", "resnet18", "resnet34", "resnet50", "small"):
             assert f"fcn{variant}_{arch}" in names
-    assert len(names) == 18
+    for arch in ("vgg16", "resnet18", "resnet34", "resnet50", "small", "classic"):
+        assert f"unet_{arch}" in names
+    assert len(names) == 24
 
 
 def test_unknown_model_suggests_close_names():
@@ -94,7 +96,8 @@ def test_output_size_equals_input_size_property(name, h, w, geometry):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_resnet50", "fcn16s_resnet34"])
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_resnet50", "fcn16s_resnet34", "unet_vgg16",
+                                  "unet_resnet50"])
 @settings(max_examples=4, deadline=None)
 @given(h=st.integers(1, 97), w=st.integers(1, 97), geometry=st.sampled_from(["modern", "caffe"]))
 def test_output_size_property_heavy_backbones(name, h, w, geometry):

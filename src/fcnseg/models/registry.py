@@ -9,52 +9,61 @@ import difflib
 import os
 from typing import Any, Callable, Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from fcnseg.models.fcn import FCN
 from fcnseg.models.surgery import load_backbone_weights
 
-_MODELS: dict[str, Callable[..., FCN]] = {}
+Entry = Callable[..., nn.Module]  # fn(num_classes=, geometry=, ..., **backbone_kwargs) -> the model
+_MODELS: dict[str, Entry] = {}
+# Names whose entries take no FCN head options (U-Nets); build_model refuses those options for them.
+_NO_FCN_HEAD: set[str] = set()
+_FCN_HEAD_DEFAULTS = {"upsampling": "paper", "at_once": False}
 
 
-def register_model(name: str) -> Callable[[Callable[..., FCN]], Callable[..., FCN]]:
+def register_model(name: str, fcn_head: bool = True) -> Callable[[Entry], Entry]:
     """Decorator: register ``fn(num_classes=, geometry=, upsampling=, at_once=, input_convention=,
-    **backbone_kwargs) -> FCN`` under ``name`` (see :mod:`fcnseg.models.zoo`)."""
-    def deco(fn: Callable[..., FCN]) -> Callable[..., FCN]:
+    **backbone_kwargs) -> nn.Module`` under ``name`` (see :mod:`fcnseg.models.zoo`).
+    ``fcn_head=False``: ``fn`` takes neither ``upsampling=`` nor ``at_once=`` (a U-Net)."""
+    def deco(fn: Entry) -> Entry:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         _MODELS[name] = fn
+        if not fcn_head:
+            _NO_FCN_HEAD.add(name)
         return fn
 
     return deco
 
 
 def list_models() -> list[str]:
-    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``fcn8s_resnet50``."""
+    """Registered model names, e.g. ``fcn8s_vgg16``, ``fcn32s_alexnet``, ``unet_resnet50``."""
     return sorted(_MODELS)
 
 
 def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
                 backbone_weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
                 upsampling: str = "paper", at_once: bool = False, input_convention: str | None = None,
-                **backbone_kwargs: Any) -> FCN:
-    """Build a registered FCN.
+                **backbone_kwargs: Any) -> nn.Module:
+    """Build a registered model: an :class:`~fcnseg.models.fcn.FCN` or a :class:`~fcnseg.models.unet.UNet`.
 
     Args:
-        name: e.g. ``"fcn8s_vgg16"`` (see :func:`list_models`).
+        name: e.g. ``"fcn8s_vgg16"``, ``"unet_resnet18"`` (see :func:`list_models`).
         num_classes: number of output channels (21 for PASCAL VOC).
         geometry: ``"modern"`` (fc6 padded by 3) or ``"caffe"`` (conv1 padded by 100, crops as
             in the reference nets).
         backbone_weights: a classifier/backbone state dict or a path to one (torchvision layout,
             e.g. ``vgg16-397923af.pth``, or ``.safetensors``); loaded safely (no unpickling).
-        upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`FCN`).
-        at_once: scale skip features as in all-at-once training.
+        upsampling: ``"paper"``, ``"learned"`` or ``"fixed"`` (see :class:`~fcnseg.models.fcn.FCN`;
+            FCN only).
+        at_once: scale skip features as in all-at-once training (FCN only).
         input_convention: the pixel values the backbone's weights expect (``"imagenet"``,
             ``"caffe"``, ``"tf"``, ...; see :mod:`fcnseg.models.input_convention`). None: the
             backbone's own default. Callers always pass the standard ImageNet-normalised RGB input.
-        **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``).
+        **backbone_kwargs: extra backbone options (``small``: ``width``, ``blocks``;
+            ``unet_classic``: ``width``, ``levels``, ``batchnorm``).
 
-    Returns an :class:`FCN` whose ``fcn_config`` records these arguments.
+    Returns the model; its ``fcn_config`` records these arguments (a U-Net's has no
+    ``upsampling``/``at_once``), which is what checkpoints store to rebuild it.
     """
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
@@ -62,11 +71,15 @@ def build_model(name: str, num_classes: int = 21, geometry: str = "modern",
         raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
     if geometry not in ("modern", "caffe"):
         raise ValueError(f"geometry must be 'modern' or 'caffe', got {geometry!r}")
-    model = _MODELS[name](num_classes=num_classes, geometry=geometry, upsampling=upsampling,
-                          at_once=at_once, input_convention=input_convention, **backbone_kwargs)
+    head = {"upsampling": upsampling, "at_once": at_once}
+    if name in _NO_FCN_HEAD:
+        if head != _FCN_HEAD_DEFAULTS:
+            raise ValueError(f"{name}: upsampling= and at_once= are options of FCN heads; a U-Net has neither")
+        head = {}
+    model = _MODELS[name](num_classes=num_classes, geometry=geometry, input_convention=input_convention,
+                          **head, **backbone_kwargs)
     if backbone_weights is not None:
         load_backbone_weights(model.backbone, backbone_weights)
     model.fcn_config = {"name": name, "num_classes": num_classes, "geometry": geometry,
-                        "upsampling": upsampling, "at_once": at_once,
-                        "input_convention": model.prepare_input.convention, **backbone_kwargs}
+                        **head, "input_convention": model.prepare_input.convention, **backbone_kwargs}
     return model

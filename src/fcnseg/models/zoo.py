@@ -1,31 +1,70 @@
-"""Every registered model, one entry per name: ``fcn{32,16,8}s_{backbone}``.
+"""Every registered model, one entry per name: ``fcn{32,16,8}s_{backbone}`` and ``unet_{encoder}``.
 
-Each entry builds the FCN head (:class:`fcnseg.models.fcn.FCN`) over a backbone of
-:data:`fcnseg.models.backbones.BACKBONES`; :func:`fcnseg.models.build_model` calls it by name.
+Each ``fcn*`` entry builds the FCN head (:class:`fcnseg.models.fcn.FCN`) over a backbone of
+:data:`fcnseg.models.backbones.BACKBONES`; each ``unet_*`` entry builds a
+:class:`fcnseg.models.unet.UNet` over an encoder of :data:`UNET_ENCODERS`.
+:func:`fcnseg.models.build_model` calls them by name.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
-from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.backbones import BACKBONES, Backbone, vgg16
 from fcnseg.models.fcn import FCN
 from fcnseg.models.input_convention import STANDARD
 from fcnseg.models.registry import register_model
+from fcnseg.models.unet import PlainEncoder, UNet
+
+
+def _backbone(model: str, factory: Callable[..., Backbone], geometry: str, options: dict[str, Any]) -> Backbone:
+    """``factory(geometry, **options)``; unknown options are a TypeError naming them and ``model``."""
+    accepted = set(inspect.signature(factory).parameters) - {"geometry"}
+    unknown = set(options) - accepted
+    if unknown:
+        raise TypeError(f"{model} got unknown option(s) {sorted(unknown)}; accepted: {sorted(accepted) or 'none'}")
+    return factory(geometry=geometry, **options)
 
 
 def _fcn(head: str, arch: str, num_classes: int, geometry: str, upsampling: str, at_once: bool,
          input_convention: str | None = None, **backbone_kwargs: Any) -> FCN:
     """FCN-``head`` on backbone ``arch``; unknown backbone options are a TypeError naming them."""
-    factory = BACKBONES[arch]
-    accepted = set(inspect.signature(factory).parameters) - {"geometry"}
-    unknown = set(backbone_kwargs) - accepted
-    if unknown:
-        raise TypeError(f"fcn{head}_{arch} got unknown option(s) {sorted(unknown)}; "
-                        f"accepted: {sorted(accepted) or 'none'}")
-    backbone = factory(geometry=geometry, **backbone_kwargs)
+    backbone = _backbone(f"fcn{head}_{arch}", BACKBONES[arch], geometry, backbone_kwargs)
     convention = input_convention or getattr(backbone, "default_input_convention", STANDARD)
     return FCN(backbone, num_classes, head, geometry, upsampling, at_once, convention)
+
+
+def vgg16_encoder(geometry: str = "modern") -> Backbone:
+    """VGG16 up to pool5, without fc6/fc7: U-Net's VGG16 encoder."""
+    return vgg16(geometry, classifier=False)
+
+
+# unet_<arch>: the encoder. VGG16 is tapped at pool5, not fc7: fc6/fc7 (a 7x7 conv to 4096
+# channels and a 1x1 one) hold 119M of VGG16's 134M parameters and, at 500x500, about 60 of
+# its 217 GFLOPs, for an ImageNet classifier's head that a U-Net's decoder does not need;
+# pool5 keeps the encoder to VGG16's 14.7M conv parameters (as TernausNet and
+# segmentation_models_pytorch do). torchvision's vgg16 state dict still loads: its
+# classifier weights are dropped, as FCN drops fc8.
+UNET_ENCODERS: dict[str, Callable[..., Backbone]] = {
+    "vgg16": vgg16_encoder,
+    "resnet18": BACKBONES["resnet18"],
+    "resnet34": BACKBONES["resnet34"],
+    "resnet50": BACKBONES["resnet50"],
+    "small": BACKBONES["small"],
+    "classic": PlainEncoder,
+}
+
+
+def _unet(arch: str, num_classes: int, geometry: str, input_convention: str | None = None, **kw: Any) -> UNet:
+    """``unet_<arch>``; ``kw`` are the encoder's options (``small``: width, blocks; ``classic``:
+    width, levels, batchnorm), unknown ones a TypeError. ``input_convention`` None: the encoder's default."""
+    encoder = _backbone(f"unet_{arch}", UNET_ENCODERS[arch], geometry, kw)
+    convention = input_convention or getattr(encoder, "default_input_convention", STANDARD)
+    if arch == "classic":  # the paper's symmetric decoder: each level as wide as its skip
+        widths = [encoder.tap_channels[s] for s in sorted(encoder.tap_channels, reverse=True)[1:]]
+        return UNet(encoder, num_classes, geometry, widths, batchnorm=bool(kw.get("batchnorm", False)),
+                    input_convention=convention)
+    return UNet(encoder, num_classes, geometry, input_convention=convention)
 
 
 @register_model("fcn32s_vgg16")
@@ -134,3 +173,39 @@ def fcn16s_small(**kwargs: Any) -> FCN:
 def fcn8s_small(**kwargs: Any) -> FCN:
     """FCN-8s on the small BatchNorm net that trains from scratch on a CPU (options: width, blocks)."""
     return _fcn("8s", "small", **kwargs)
+
+
+@register_model("unet_vgg16", fcn_head=False)
+def unet_vgg16(**kwargs: Any) -> UNet:
+    """U-Net on VGG16's convolutional layers (taps conv1_2 .. pool5; torchvision's vgg16 weights load)."""
+    return _unet("vgg16", **kwargs)
+
+
+@register_model("unet_resnet18", fcn_head=False)
+def unet_resnet18(**kwargs: Any) -> UNet:
+    """U-Net on ResNet-18 (taps conv1, layer1 .. layer4)."""
+    return _unet("resnet18", **kwargs)
+
+
+@register_model("unet_resnet34", fcn_head=False)
+def unet_resnet34(**kwargs: Any) -> UNet:
+    """U-Net on ResNet-34 (taps conv1, layer1 .. layer4)."""
+    return _unet("resnet34", **kwargs)
+
+
+@register_model("unet_resnet50", fcn_head=False)
+def unet_resnet50(**kwargs: Any) -> UNet:
+    """U-Net on ResNet-50 (taps conv1, layer1 .. layer4; decoder levels capped at 256 channels)."""
+    return _unet("resnet50", **kwargs)
+
+
+@register_model("unet_small", fcn_head=False)
+def unet_small(**kwargs: Any) -> UNet:
+    """U-Net on the small BatchNorm net that trains from scratch on a CPU (options: width, blocks)."""
+    return _unet("small", **kwargs)
+
+
+@register_model("unet_classic", fcn_head=False)
+def unet_classic(**kwargs: Any) -> UNet:
+    """The U-Net paper's net: its own encoder and symmetric decoder (options: width, levels, batchnorm)."""
+    return _unet("classic", **kwargs)
