@@ -4,18 +4,23 @@
 * the ``modern`` geometry (fc6 padded by 3) loses no accuracy against ``caffe`` (conv1 padded
   by 100), while costing less;
 * and, for reference, the paper's staged training (32s -> 16s -> 8s, each stage initialised
-  from the previous best, a third of the epochs each) against training FCN-8s at once.
+  from the previous best, a third of the epochs each) against training FCN-8s at once;
+* U-Net (``unet``: its decoder concatenates the encoder's maps at every stride) against
+  FCN-8s (which sums class scores from strides 8, 16, 32), on the same backbone.
 
-Every variant runs the CPU recipe of ``benchmarks/camvid_cpu.py`` (fcn*_small, width 32,
-blocks 2,2,3,2, AdamW, median-frequency weights, seed 0) for the SAME number of epochs, so
-each sees the same images in the same order and finishes its poly schedule; only the head
-(or the geometry) differs. Each best checkpoint is then evaluated by ``fcnseg eval`` on the
-101 full-size val images. Budget = epochs, not minutes: a fixed time would hand the cheaper
-head more steps, and would make the result depend on what else the machine was doing.
+Every variant runs the CPU recipe of ``benchmarks/camvid_cpu.py`` (fcn*_small / unet_small,
+width 32, blocks 2,2,3,2, AdamW, median-frequency weights, seed 0) for the SAME number of
+epochs, so each sees the same images in the same order and finishes its poly schedule; only
+the head (or the geometry) differs. Each best checkpoint is then evaluated by ``fcnseg eval``
+on the 101 full-size val images. Budget = epochs, not minutes: a fixed time would hand the
+cheaper head more steps, and would make the result depend on what else the machine was doing.
 
     python benchmarks/camvid_ablation.py --data ../shared/data/camvid-voc --out runs/ablation
+    python benchmarks/camvid_ablation.py --data ../shared/data/camvid-voc --out runs/ablation_unet \
+        --variants fcn8s,unet --seed 0      # and --seed 1: U-Net against FCN-8s, two seeds
 
-Prints a Markdown table (the one in the README) and writes ``OUT/ablation.json``.
+Prints a Markdown table (the one in the README), U-Net's differences to FCN-8s when both ran,
+and writes ``OUT/ablation.json`` and the per-class plot ``OUT/ablation.png``.
 A variant whose ``best.pt`` and ``eval`` exist is not trained again (``--retrain`` forces it).
 """
 from __future__ import annotations
@@ -38,6 +43,8 @@ VARIANTS = {  # name: (model, geometry, staged)
     "fcn8s_caffe": ("fcn8s_small", "caffe", False),
     # the paper's staged training: 32s -> 16s -> 8s, a third of the epochs each (same total)
     "fcn8s_staged": ("fcn8s_small", "modern", True),
+    # U-Net on the same small backbone: the decoder is the only difference to fcn8s
+    "unet": ("unet_small", "modern", False),
 }
 
 
@@ -46,6 +53,16 @@ def recipe_for(model: str) -> list[str]:
     args[args.index("--model") + 1] = model
     args[args.index("--val-every") + 1] = "10"
     return args
+
+
+def train_command(name: str, data: str, run_dir: Path, epochs: int, seed: int) -> list[str]:
+    """The ``fcnseg train`` command of variant ``name``: the recipe, the variant's model,
+    geometry and staging, the shared epoch budget and seed."""
+    model, geometry, staged = VARIANTS[name]
+    stage_args = ["--stages", "32s,16s,8s", "--epochs", str(epochs // 3)] if staged else ["--epochs", str(epochs)]
+    return [sys.executable, "-m", "fcnseg.cli", "train", "--data", data, "--out", str(run_dir / "train"),
+            *recipe_for(model), "--geometry", geometry, *stage_args, "--seed", str(seed),
+            "--overwrite", "--no-progress"]
 
 
 def main() -> int:
@@ -76,11 +93,7 @@ def main() -> int:
         model, geometry, staged = VARIANTS[name]
         key = name if args.seed == 0 else f"{name}@seed{args.seed}"
         run = out / key.replace("@", "_")
-        stage_args = ["--stages", "32s,16s,8s", "--epochs", str(args.epochs // 3)] if staged else \
-            ["--epochs", str(args.epochs)]
-        cmd = [sys.executable, "-m", "fcnseg.cli", "train", "--data", args.data, "--out", str(run / "train"),
-               *recipe_for(model), "--geometry", geometry, *stage_args, "--seed", str(args.seed),
-               "--overwrite", "--no-progress"]
+        cmd = train_command(name, args.data, run, args.epochs, args.seed)
         final = run / "train" / ("8s" if staged else "")
         if args.retrain or key not in results:
             print(f"[{key}] fcnseg train " + shlex.join(cmd[4:]), flush=True)
@@ -106,6 +119,7 @@ def main() -> int:
             print(f"[{key}] val mIoU {100 * ev['miou']:.1f} after {minutes:.1f} min", flush=True)
 
     report(results, args.epochs)
+    compare(results, "unet", "fcn8s")
     if results:
         plot(results, out / "ablation.png")
         print(f"\nper-class plot: {out / 'ablation.png'}")
@@ -119,8 +133,8 @@ def ordered(results: dict) -> list[str]:
 
 
 def report(results: dict, epochs: int) -> None:
-    print(f"\ncamvid-voc val (101 full-size images), fcn*_small w32, recipe of benchmarks/camvid_cpu.py, "
-          f"{epochs} epochs each\n")
+    print(f"\ncamvid-voc val (101 full-size images), fcn*_small / unet_small w32, recipe of "
+          f"benchmarks/camvid_cpu.py, {epochs} epochs each\n")
     print("| variant | geometry | seed | GFLOPs 360x480 | train min | mIoU | pixel acc | mean acc | fwIoU | BF |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in ordered(results):
@@ -145,6 +159,37 @@ def report(results: dict, epochs: int) -> None:
         print("|---|" + "---:|" * len(first["class_names"]))
         for key in ordered(results):
             print(f"| {key} | " + " | ".join(f"{100 * v:.1f}" for v in results[key]["eval"]["iou"]) + " |")
+
+
+def compare(results: dict, a: str, b: str) -> None:
+    """Variant ``a`` minus variant ``b`` (percentage points), averaged over the seeds both ran:
+    the scores, and the IoU of every class (where do ``a``'s skips help, where do they cost?)."""
+    def key(name: str, seed: int) -> str:  # as main() stores runs
+        return name if seed == 0 else f"{name}@seed{seed}"
+
+    seeds = sorted({int(k.partition("@seed")[2] or 0) for k in results if k.split("@")[0] == a})
+    seeds = [s for s in seeds if key(b, s) in results]
+    if not seeds:
+        return
+
+    def run(name: str, seed: int) -> dict:
+        return results[key(name, seed)]
+
+    def mean(name: str, get) -> float:
+        return sum(100 * get(run(name, s)) for s in seeds) / len(seeds)
+
+    print(f"\n{a} - {b} (percentage points; mean over seed(s) {', '.join(map(str, seeds))})")
+    print(f"| score | {b} | {a} | {a} - {b} |")
+    print("|---|---:|---:|---:|")
+    rows = [(k, lambda r, k=k: r["eval"][k]) for k in ("miou", "pixel_acc", "mean_acc", "fwiou", "bf")]
+    rows += [(f"IoU {c}", lambda r, i=i: r["eval"]["iou"][i]) for i, c in enumerate(run(b, seeds[0])["class_names"])]
+    for label, get in rows:
+        va, vb = mean(a, get), mean(b, get)
+        print(f"| {label} | {vb:.1f} | {va:.1f} | {va - vb:+.1f} |")
+    ga, gb = (run(n, seeds[0])["gflops_360x480"] for n in (a, b))
+    ta, tb = (sum(run(n, s)["train_minutes"] for s in seeds) / len(seeds) for n in (a, b))
+    print(f"| GFLOPs 360x480 | {gb:.1f} | {ga:.1f} | {ga / gb:.2f}x |")
+    print(f"| train min | {tb:.1f} | {ta:.1f} | {ta / tb:.2f}x |")
 
 
 def plot(results: dict, path: Path) -> None:

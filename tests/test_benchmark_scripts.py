@@ -29,6 +29,22 @@ def test_ablation_variants_share_backbone_and_differ_as_named():
     assert ablation.VARIANTS["fcn8s_staged"][2] is True
 
 
+def test_unet_variant_is_the_fcn8s_run_with_only_the_model_changed(tmp_path):
+    """Same data, augmentation, optimiser, seed, epochs and geometry as fcn8s: only the model differs."""
+    assert ablation.VARIANTS["unet"] == ("unet_small", "modern", False)
+    for seed in (0, 1):
+        fcn = ablation.train_command("fcn8s", "DATA", tmp_path, 30, seed)
+        unet = ablation.train_command("unet", "DATA", tmp_path, 30, seed)
+        assert len(fcn) == len(unet)
+        assert [(a, b) for a, b in zip(fcn, unet) if a != b] == [("fcn8s_small", "unet_small")]
+        for flag, value in (("--epochs", "30"), ("--seed", str(seed)), ("--geometry", "modern"),
+                            ("--crop-size", "288x384"), ("--optimizer", "adamw")):
+            assert unet[unet.index(flag) + 1] == value
+        assert "--stages" not in unet and "blocks=2,2,3,2" in unet and "width=32" in unet
+    staged = ablation.train_command("fcn8s_staged", "DATA", tmp_path, 30, 0)
+    assert staged[staged.index("--epochs") + 1] == "10"  # 3 stages x 10 epochs: the same budget
+
+
 def _result(variant, seed, miou, model="fcn8s_small"):
     return {"variant": variant, "seed": seed, "model": model, "geometry": "modern", "epochs": 30,
             "train_minutes": 15.0, "gflops_360x480": 3.6, "class_names": ["a", "b"],
@@ -47,5 +63,27 @@ def test_ablation_report_orders_variants_and_summarises_seeds(capsys, tmp_path):
     assert "| fcn8s | 2 | 53.0 | 2.0 |" in out  # mean of 54 and 52, spread 2
     assert "| fcn32s | 1 | 48.0 | - |" in out  # one run: no spread to report
     assert "| fcn8s@seed1 | 42.0 | 62.0 |" in out
+    ablation.plot(results, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ablation_report_and_comparison_include_unet(capsys, tmp_path):
+    unet = {**_result("unet", 0, 0.56, "unet_small"), "gflops_360x480": 7.2, "train_minutes": 30.0}
+    unet1 = {**_result("unet", 1, 0.58, "unet_small"), "gflops_360x480": 7.2, "train_minutes": 30.0}
+    unet["eval"]["bf"] = unet1["eval"]["bf"] = 0.5
+    results = {"unet@seed1": unet1, "unet": unet, "fcn8s": _result("fcn8s", 0, 0.54),
+               "fcn8s@seed1": _result("fcn8s", 1, 0.52)}
+    assert ablation.ordered(results) == ["fcn8s", "fcn8s@seed1", "unet", "unet@seed1"]
+    ablation.report(results, 30)
+    ablation.compare(results, "unet", "fcn8s")
+    out = capsys.readouterr().out
+    assert "| unet_small | modern | 1 | 7.2 | 30.0 | 58.0 |" in out
+    assert "| unet | 2 | 57.0 | 2.0 |" in out
+    assert "| miou | 53.0 | 57.0 | +4.0 |" in out  # means over both seeds
+    assert "| bf | 40.0 | 50.0 | +10.0 |" in out
+    assert "| IoU a | 43.0 | 47.0 | +4.0 |" in out
+    assert "| GFLOPs 360x480 | 3.6 | 7.2 | 2.00x |" in out and "| train min | 15.0 | 30.0 | 2.00x |" in out
+    ablation.compare({"unet": unet, "fcn8s@seed1": _result("fcn8s", 1, 0.52)}, "unet", "fcn8s")
+    assert capsys.readouterr().out == ""  # no seed in common: nothing to compare
     ablation.plot(results, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ FCN_MODELS = list_models(family="fcn")  # FCN-32s/16s/8s heads: both geometries,
 
 
 def small_kwargs(name: str) -> dict:
-    return {"width": 8} if name.endswith("_small") else {}
+    return {"width": 8} if name.endswith(("_small", "_classic")) else {}
 
 
 def randomize_scores(model: torch.nn.Module, seed: int = 0) -> None:
@@ -44,7 +44,11 @@ def test_registry_names():
                      "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
             assert f"fcn{variant}_{arch}" in names
     assert list_models(family="dilated") == ["fcn_resnet101_dilated", "fcn_resnet50_dilated"]
-    assert len(FCN_MODELS) == 30 and len(names) == 32
+    for arch in ("vgg16", "resnet18", "resnet34", "resnet50", "small", "classic"):
+        assert f"unet_{arch}" in names
+    assert list_models(family="unet") == sorted(f"unet_{a}" for a in ("vgg16", "resnet18", "resnet34", "resnet50",
+                                                                     "small", "classic"))
+    assert len(FCN_MODELS) == 30 and len(names) == 38
 
 
 def test_unknown_model_suggests_close_names():
@@ -99,7 +103,8 @@ def test_output_size_equals_input_size_property(name, h, w, geometry):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_resnet50", "fcn16s_resnet34", "fcn8s_efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn32s_resnet50", "fcn16s_resnet34", "fcn8s_efficientnet_lite2",
+                                  "unet_vgg16", "unet_resnet50"])
 @settings(max_examples=4, deadline=None)
 @given(h=st.integers(1, 97), w=st.integers(1, 97), geometry=st.sampled_from(["modern", "caffe"]))
 def test_output_size_property_heavy_backbones(name, h, w, geometry):

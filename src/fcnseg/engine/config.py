@@ -22,7 +22,8 @@ from fcnseg.errors import ConfigError, DataError
 from fcnseg.models import list_models
 from fcnseg.weights.catalog import is_weights_name
 
-MODEL_NAME = re.compile(r"fcn(32|16|8)s_(\w+)")
+# fcn8s_vgg16 -> head "8s", backbone "vgg16"; unet_resnet18 -> head "unet", backbone "resnet18"
+MODEL_NAME = re.compile(r"(?:fcn(?P<stride>32|16|8)s|(?P<unet>unet))_(?P<backbone>\w+)")
 STAGES = ("32s", "16s", "8s")
 
 # Fine-tuning defaults when a pretrained backbone is given (--backbone-weights), chosen on a
@@ -100,11 +101,11 @@ class TrainConfig:
 
 
 def split_model_name(name: str) -> tuple[str, str]:
-    """``"fcn8s_vgg16"`` -> ``("8s", "vgg16")``."""
+    """``"fcn8s_vgg16"`` -> ``("8s", "vgg16")``; ``"unet_resnet18"`` -> ``("unet", "resnet18")``."""
     m = MODEL_NAME.fullmatch(name)
     if not m:
-        raise ConfigError(f"model name {name!r} is not of the form fcn{{32,16,8}}s_<backbone>")
-    return f"{m.group(1)}s", m.group(2)
+        raise ConfigError(f"model name {name!r} is not of the form fcn{{32,16,8}}s_<backbone> or unet_<backbone>")
+    return ("unet" if m["unet"] else f"{m['stride']}s"), m["backbone"]
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -190,6 +191,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file"
                               + ("; or a name from `fcnseg weights`, e.g. imagenet" if name == "backbone_weights" else ""))
     if cfg.stages:
+        if split_model_name(cfg.model)[0] not in STAGES:
+            raise ConfigError(f"--stages is FCN's staged training (32s -> 16s -> 8s); --model {cfg.model} is a "
+                              f"U-Net, which trains all at once: drop --stages")
         bad = [s for s in cfg.stages if s not in STAGES]
         if bad or len(set(cfg.stages)) != len(cfg.stages):
             raise ConfigError(f"--stages {','.join(cfg.stages)}: use a subset of 32s,16s,8s without repeats")

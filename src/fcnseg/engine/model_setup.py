@@ -1,7 +1,7 @@
 """The model a training run starts from: built fresh (optionally with backbone weights), or
 ``--init`` from an fcnseg checkpoint, upgraded FCN-32s -> 16s -> 8s when the heads differ; a
 checkpoint of another class count gives its backbone, under fresh score layers
-(:mod:`fcnseg.models.relabel`).
+(:mod:`fcnseg.models.relabel`). A U-Net initialises only a U-Net on the same encoder.
 
 (A resumed run's model comes from its ``last.pt``: :func:`fcnseg.checkpoint.model_from_checkpoint`.)
 """
@@ -51,7 +51,12 @@ def load_init(path: str, model_name: str, num_classes: int) -> torch.nn.Module:
     if src_backbone != dst_backbone:
         raise CheckpointError(f"--init {path}: checkpoint is for model '{src}' (backbone {src_backbone}), "
                               f"cannot initialise '{model_name}' (backbone {dst_backbone})")
-    if STAGES.index(src_stride) > STAGES.index(dst_stride):
+    if "unet" in (src_stride, dst_stride):
+        if src_stride != dst_stride:
+            raise CheckpointError(f"--init {path}: checkpoint is for model '{src}', cannot initialise "
+                                  f"'{model_name}' (only FCNs upgrade 32s -> 16s -> 8s); to start from its "
+                                  f"encoder, pass it as --backbone-weights instead")
+    elif STAGES.index(src_stride) > STAGES.index(dst_stride):
         raise CheckpointError(f"--init {path}: cannot go from the finer '{src}' to the coarser '{model_name}'")
     if ckpt["model"].get("num_classes") != num_classes:  # another label set: fine-tune from its backbone
         model = with_new_classes(ckpt, model_name, num_classes, source=f"--init {path}")

@@ -16,6 +16,9 @@ def upgrade(model: nn.Module, to: str) -> nn.Module:
     new skip score layers start at zero, so at the moment of the copy the new model's
     output equals the old one's (up to float rounding: bilinear x2 then x16 = bilinear x32).
     """
+    if not isinstance(model, FCN):
+        name = getattr(model, "fcn_config", {}).get("name", type(model).__name__)
+        raise ValueError(f"staged upgrade (FCN-32s -> 16s -> 8s) needs an FCN; {name} is not one")
     cfg = dict(model.fcn_config)
     if not isinstance(model, FCN):
         raise ValueError(f"{cfg.get('name')}: staged upgrade applies to the FCN-32s/16s/8s models only; "

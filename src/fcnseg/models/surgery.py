@@ -130,6 +130,8 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike | Mapp
     source = str(weights) if not isinstance(weights, Mapping) else "backbone state dict"
     raw = safe_torch_load(weights) if not isinstance(weights, Mapping) else weights
     sd = convert_classifier_state_dict(backbone.arch, unwrap_state_dict(raw, source))
+    if not hasattr(backbone, "fc6"):  # an encoder built without the classifier (U-Net's VGG16)
+        sd = {k: v for k, v in sd.items() if not k.startswith(("fc6.", "fc7."))}
     load_state_dict_checked(backbone, sd, source=source)
     return recorded_input_convention(raw)
 

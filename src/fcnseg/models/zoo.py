@@ -1,33 +1,39 @@
-"""Every registered model, one entry per name: ``fcn{32,16,8}s_{backbone}`` and ``fcn_resnet*_dilated``.
+"""Every registered model, one entry per name: ``fcn{32,16,8}s_{backbone}``, ``fcn_resnet*_dilated``
+and ``unet_{encoder}``.
 
 Each ``fcn{32,16,8}s_*`` entry builds the FCN head (:class:`fcnseg.models.fcn.FCN`) over a
 backbone of :data:`fcnseg.models.backbones.BACKBONES` (family ``"fcn"``); each
 ``fcn_resnet*_dilated`` entry builds torchvision's dilated-ResNet FCN
-(:class:`fcnseg.models.dilated_resnet.DilatedFCN`, family ``"dilated"``).
+(:class:`fcnseg.models.dilated_resnet.DilatedFCN`, family ``"dilated"``); each ``unet_*`` entry
+builds a :class:`fcnseg.models.unet.UNet` over an encoder of :data:`UNET_ENCODERS` (family ``"unet"``).
 :func:`fcnseg.models.build_model` calls them by name.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
-from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.backbones import BACKBONES, Backbone, vgg16
 from fcnseg.models.dilated_resnet import DilatedFCN
 from fcnseg.models.fcn import FCN
 from fcnseg.models.input_convention import STANDARD
 from fcnseg.models.registry import register_model
+from fcnseg.models.unet import PlainEncoder, UNet
+
+
+def _backbone(model: str, factory: Callable[..., Backbone], geometry: str, options: dict[str, Any]) -> Backbone:
+    """``factory(geometry, **options)``; unknown options are a TypeError naming them and ``model``."""
+    accepted = set(inspect.signature(factory).parameters) - {"geometry"}
+    unknown = set(options) - accepted
+    if unknown:
+        raise TypeError(f"{model} got unknown option(s) {sorted(unknown)}; accepted: {sorted(accepted) or 'none'}")
+    return factory(geometry=geometry, **options)
 
 
 def _fcn(head: str, arch: str, num_classes: int, geometry: str, upsampling: str, at_once: bool,
          input_convention: str | None = None, **backbone_kwargs: Any) -> FCN:
     """FCN-``head`` on backbone ``arch``; unknown backbone options are a TypeError naming them."""
-    factory = BACKBONES[arch]
-    accepted = set(inspect.signature(factory).parameters) - {"geometry"}
-    unknown = set(backbone_kwargs) - accepted
-    if unknown:
-        raise TypeError(f"fcn{head}_{arch} got unknown option(s) {sorted(unknown)}; "
-                        f"accepted: {sorted(accepted) or 'none'}")
-    backbone = factory(geometry=geometry, **backbone_kwargs)
+    backbone = _backbone(f"fcn{head}_{arch}", BACKBONES[arch], geometry, backbone_kwargs)
     convention = input_convention or getattr(backbone, "default_input_convention", STANDARD)
     return FCN(backbone, num_classes, head, geometry, upsampling, at_once, convention)
 
@@ -45,6 +51,39 @@ def _dilated(arch: str, num_classes: int, geometry: str, upsampling: str, at_onc
         raise ValueError(f"{name} upsamples bilinearly without learned layers or skips; "
                          f"upsampling/at_once apply to the FCN-32s/16s/8s models only")
     return DilatedFCN(arch, num_classes, aux=bool(aux), input_convention=input_convention or STANDARD)
+
+
+def vgg16_encoder(geometry: str = "modern") -> Backbone:
+    """VGG16 up to pool5, without fc6/fc7: U-Net's VGG16 encoder."""
+    return vgg16(geometry, classifier=False)
+
+
+# unet_<arch>: the encoder. VGG16 is tapped at pool5, not fc7: fc6/fc7 (a 7x7 conv to 4096
+# channels and a 1x1 one) hold 119M of VGG16's 134M parameters and, at 500x500, about 60 of
+# its 217 GFLOPs, for an ImageNet classifier's head that a U-Net's decoder does not need;
+# pool5 keeps the encoder to VGG16's 14.7M conv parameters (as TernausNet and
+# segmentation_models_pytorch do). torchvision's vgg16 state dict still loads: its
+# classifier weights are dropped, as FCN drops fc8.
+UNET_ENCODERS: dict[str, Callable[..., Backbone]] = {
+    "vgg16": vgg16_encoder,
+    "resnet18": BACKBONES["resnet18"],
+    "resnet34": BACKBONES["resnet34"],
+    "resnet50": BACKBONES["resnet50"],
+    "small": BACKBONES["small"],
+    "classic": PlainEncoder,
+}
+
+
+def _unet(arch: str, num_classes: int, geometry: str, input_convention: str | None = None, **kw: Any) -> UNet:
+    """``unet_<arch>``; ``kw`` are the encoder's options (``small``: width, blocks; ``classic``:
+    width, levels, batchnorm), unknown ones a TypeError. ``input_convention`` None: the encoder's default."""
+    encoder = _backbone(f"unet_{arch}", UNET_ENCODERS[arch], geometry, kw)
+    convention = input_convention or getattr(encoder, "default_input_convention", STANDARD)
+    if arch == "classic":  # the paper's symmetric decoder: each level as wide as its skip
+        widths = [encoder.tap_channels[s] for s in sorted(encoder.tap_channels, reverse=True)[1:]]
+        return UNet(encoder, num_classes, geometry, widths, batchnorm=bool(kw.get("batchnorm", False)),
+                    input_convention=convention)
+    return UNet(encoder, num_classes, geometry, input_convention=convention)
 
 
 @register_model("fcn32s_vgg16")
@@ -237,3 +276,39 @@ def fcn_resnet50_dilated(**kwargs: Any) -> DilatedFCN:
 def fcn_resnet101_dilated(**kwargs: Any) -> DilatedFCN:
     """torchvision's FCN on a dilated ResNet-101 (output stride 8; option: aux)."""
     return _dilated("resnet101", **kwargs)
+
+
+@register_model("unet_vgg16", family="unet")
+def unet_vgg16(**kwargs: Any) -> UNet:
+    """U-Net on VGG16's convolutional layers (taps conv1_2 .. pool5; torchvision's vgg16 weights load)."""
+    return _unet("vgg16", **kwargs)
+
+
+@register_model("unet_resnet18", family="unet")
+def unet_resnet18(**kwargs: Any) -> UNet:
+    """U-Net on ResNet-18 (taps conv1, layer1 .. layer4)."""
+    return _unet("resnet18", **kwargs)
+
+
+@register_model("unet_resnet34", family="unet")
+def unet_resnet34(**kwargs: Any) -> UNet:
+    """U-Net on ResNet-34 (taps conv1, layer1 .. layer4)."""
+    return _unet("resnet34", **kwargs)
+
+
+@register_model("unet_resnet50", family="unet")
+def unet_resnet50(**kwargs: Any) -> UNet:
+    """U-Net on ResNet-50 (taps conv1, layer1 .. layer4; decoder levels capped at 256 channels)."""
+    return _unet("resnet50", **kwargs)
+
+
+@register_model("unet_small", family="unet")
+def unet_small(**kwargs: Any) -> UNet:
+    """U-Net on the small BatchNorm net that trains from scratch on a CPU (options: width, blocks)."""
+    return _unet("small", **kwargs)
+
+
+@register_model("unet_classic", family="unet")
+def unet_classic(**kwargs: Any) -> UNet:
+    """The U-Net paper's net: its own encoder and symmetric decoder (options: width, levels, batchnorm)."""
+    return _unet("classic", **kwargs)

@@ -1,8 +1,10 @@
 """Backbones: image classifiers made fully convolutional, and the table of them (:data:`BACKBONES`).
 
 Every backbone returns a dict of named feature maps at strides 8, 16 and 32
-(``feature_names``), and knows the modules on the path from the input to each one
-(``coord_paths``), from which the FCN head derives its crop offsets.
+(``feature_names``, FCN's), or, when asked with ``taps=``, the maps at every stride it has
+(``tap_names``, U-Net's), and knows the modules on the path from the input to each one
+(``coord_paths``), from which the heads derive their crop offsets. The contract is written
+out in :class:`~fcnseg.models.backbones.base.Backbone`.
 
 Parameter names match torchvision's models (``features.0.weight``, ``layer1.0.conv1.weight``,
 ...), so a torchvision state dict loads unchanged; only the classifier's fully connected

@@ -1,10 +1,14 @@
 """The backbone contract, geometries, and the classifier convs (fc6/fc7) as one GEMM.
 
 Every backbone returns a dict of named feature maps at strides 8, 16 and 32
-(``feature_names``), and knows the modules on the path from the input to each one
-(``coord_paths``), from which the FCN head derives its crop offsets.
+(``feature_names``, FCN's), or, when asked with ``taps=``, the maps at every stride it has
+(``tap_names``, U-Net's), and knows the modules on the path from the input to each one
+(``coord_paths``), from which the heads derive their crop offsets. The contract is written
+out in :class:`~fcnseg.models.backbones.base.Backbone`.
 """
 from __future__ import annotations
+
+from typing import Collection
 
 import torch
 import torch.nn.functional as F
@@ -15,18 +19,45 @@ CAFFE_PAD = 100
 
 
 class Backbone(nn.Module):
-    """Base class. Subclasses set ``feature_names``/``feature_channels`` keyed by stride."""
+    """Base class of the encoders. The contract a subclass implements:
+
+    - ``arch``: its name (``"vgg16"``, ``"resnet50"``, ...; weight conversion keys on it).
+    - ``feature_names`` / ``feature_channels``: ``{8: name, 16: name, 32: name}`` and their
+      channel counts, the maps FCN scores (e.g. VGG16: pool3, pool4, fc7). Empty if the
+      encoder has no stride-32 map (then it serves U-Net only).
+    - ``tap_names`` / ``tap_channels``: ``{stride: name}`` for every stride the encoder has a
+      map at, a contiguous run of powers of two ending at its deepest map (ResNets: 2, 4, 8,
+      16, 32; VGG16: 1 .. 32), each the last map at that resolution; U-Net concatenates
+      them. Empty if the encoder cannot serve U-Net.
+    - ``forward(x, taps=None)``: ``x`` (B, 3, H, W) -> dict name -> (B, C, ~H/s, ~W/s).
+      Without ``taps`` it returns exactly the ``feature_names`` maps and computes nothing
+      else (FCN's path); with ``taps`` (names from either dict) it returns those maps and
+      stops after the deepest one. Any H, W >= 1 that keeps every map >= 1x1 works.
+    - ``coord_paths()``: for every name in either dict, the modules from the input to that
+      map, in order (the heads derive grid alignment from them, see
+      :mod:`fcnseg.models.geometry`).
+    """
 
     feature_names: dict[int, str]
     feature_channels: dict[int, int]
+    tap_names: dict[int, str] = {}
+    tap_channels: dict[int, int] = {}
     arch: str
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
         """Modules (in order) from the input to each named feature map."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+    def forward(self, x: Tensor, taps: Collection[str] | None = None) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def _check_taps(self, taps: Collection[str]) -> set[str]:
+        """``taps`` as a set; ValueError naming any map this backbone does not have."""
+        known = set(self.feature_names.values()) | set(self.tap_names.values())
+        unknown = set(taps) - known
+        if unknown:
+            raise ValueError(f"{self.arch} has no feature map(s) {sorted(unknown)}; it has {sorted(known)}")
+        return set(taps)
 
 
 # Above this many bytes of unfolded input, conv_as_gemm falls back to the convolution.

@@ -4,7 +4,7 @@ Parameter names match torchvision's ``resnet18/34/50/101`` (``layer1.0.conv1.wei
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 from torch import Tensor, nn
 
@@ -71,7 +71,9 @@ class ResNet(Backbone):
     3x3/2 conv-BN-ReLU layers (the from-scratch ``small`` backbone).
     ``dilate`` (torchvision's ``replace_stride_with_dilation``, for layer2..layer4): a stage
     marked True keeps its input's stride and dilates its 3x3 convs instead; ``(False, True,
-    True)`` gives torchvision's segmentation backbones (output stride 8).
+    True)`` gives torchvision's segmentation backbones (output stride 8). Taps (U-Net): the stem's
+    stride-2 map (``conv1``: conv1-bn1-relu before the max pool; ``stem1``: the small stem's
+    first conv-BN-ReLU), then layer1 .. layer4 at strides 4 .. 32.
     """
 
     feature_names = {8: "layer2", 16: "layer3", 32: "layer4"}
@@ -109,6 +111,9 @@ class ResNet(Backbone):
         self.layer4 = self._make_layer(block, widths[3], layers[3], 2, dilate[2])
         e = block.expansion
         self.feature_channels = {8: widths[1] * e, 16: widths[2] * e, 32: widths[3] * e}
+        self._s2_name = "conv1" if stem == "imagenet" else "stem1"
+        self.tap_names = {2: self._s2_name, 4: "layer1", **self.feature_names}
+        self.tap_channels = {2: self._stem[0].out_channels, 4: widths[0] * e, **self.feature_channels}
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -135,14 +140,16 @@ class ResNet(Backbone):
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
         path: list[nn.Module] = list(self._stem)
-        out: dict[str, list[nn.Module]] = {}
+        out: dict[str, list[nn.Module]] = {self._s2_name: path[:3]}  # conv-BN-ReLU at stride 2
         for name in ("layer1", "layer2", "layer3", "layer4"):
             for blk in getattr(self, name):
                 path = path + blk.main_path()
             out[name] = path
-        return {k: out[k] for k in ("layer2", "layer3", "layer4")}
+        return out
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, taps: Collection[str] | None = None) -> dict[str, Tensor]:
+        if taps is not None:
+            return self._forward_taps(x, self._check_taps(taps))
         if hasattr(self, "stem"):
             x = self.stem(x)                                   # (B, w, H/4, W/4)
         else:
@@ -152,6 +159,23 @@ class ResNet(Backbone):
         c4 = self.layer3(c3)  # (B, C16, H/16, W/16)
         c5 = self.layer4(c4)  # (B, C32, H/32, W/32)
         return {"layer2": c3, "layer3": c4, "layer4": c5}
+
+    def _forward_taps(self, x: Tensor, want: set[str]) -> dict[str, Tensor]:
+        """The maps in ``want``, running the layers only as deep as the deepest one."""
+        if hasattr(self, "stem"):
+            s2 = self.stem[:3](x)  # (B, w/2, H/2, W/2)
+            x = self.stem[3:](s2)  # (B, w, H/4, W/4)
+        else:
+            s2 = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
+            x = self.maxpool(s2)  # (B, 64, H/4, W/4)
+        out = {self._s2_name: s2} if self._s2_name in want else {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):  # strides 4, 8, 16, 32
+            if not want - out.keys():
+                break
+            x = getattr(self, name)(x)
+            if name in want:
+                out[name] = x
+        return out
 
 
 def resnet18(geometry: str = "modern") -> ResNet:
