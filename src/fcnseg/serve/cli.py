@@ -13,8 +13,10 @@ import argparse
 import ipaddress
 import os
 import signal
+import socket
 import sys
 import time
+from pathlib import Path
 
 from fcnseg.data import io as data_io
 from fcnseg.errors import ConfigError
@@ -56,6 +58,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str) -> str | None:
+    """The warning line for an address other machines can reach, or None for loopback."""
+    if is_loopback(host):
+        return None
+    return (f"fcnseg serve: warning: listening on {host}, not loopback: anyone who can reach this "
+            f"address can use the page and its API (no login); use --host 127.0.0.1 to keep it on "
+            f"this machine")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible settings before anything is loaded."""
     if not 1 <= args.port <= 65535:
@@ -69,6 +80,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--queue-size and --concurrency must be at least 1")
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha {args.alpha}: must be between 0 and 1")
+    for path in args.models:
+        if not Path(path).is_file():
+            raise ConfigError(f"--checkpoint {path}: no such file; give an fcnseg checkpoint (.pt, "
+                              f"e.g. runs/demo/train/best.pt) or an exported .onnx model")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast, before the slow start-up, if ``host:port`` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself will
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose a free "
+                              f"--port, or another --host") from None
 
 
 def import_gradio():
@@ -77,7 +104,7 @@ def import_gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
-        import gradio  # heavy (~2 s) and optional: only this command needs it
+        import gradio  # heavy (seconds to import) and optional: only this command needs it
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     return gradio
@@ -89,15 +116,15 @@ def _interrupt(signum, frame) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     check_args(args)
+    check_port_free(args.host, args.port)
     import_gradio()
     from fcnseg.serve import segmenter
     from fcnseg.serve.page import CSS, PageConfig, build_page
 
     models = segmenter.load_models(args.models, device=args.device)
-    if not is_loopback(args.host):
-        print(f"fcnseg serve: warning: listening on {args.host}, not loopback: anyone who can reach "
-              f"this address can use the page and its API (no login); use --host 127.0.0.1 to "
-              f"keep it on this machine", file=sys.stderr, flush=True)
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     scratch = segmenter.Scratch()
     try:
         page = build_page(models, scratch, PageConfig(args.max_pixels, args.alpha, args.concurrency))
@@ -108,9 +135,9 @@ def cli_main(args: argparse.Namespace) -> int:
                         pwa=False, mcp_server=False, enable_monitoring=False,
                         max_file_size=int(args.max_file_mb * 1e6), css=CSS,
                         footer_links=["api", "settings"], run_history=False)
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {args.host}:{args.port} ({str(e).splitlines()[0]}); "
-                              f"choose a free --port or another --host") from None
+        except OSError:  # taken since check_port_free (Gradio's own message names launch())
+            raise ConfigError(f"cannot listen on {args.host}:{args.port} (taken meanwhile); choose a "
+                              f"free --port, or another --host") from None
         url_host = f"[{args.host}]" if ":" in args.host else args.host
         names = ", ".join(m.name for m in models)
         print(f"fcnseg serve: serving {names} at http://{url_host}:{args.port}/ "

@@ -12,8 +12,8 @@ in :mod:`fcnseg.serve.segmenter`; this module lays out the page and wires its ev
 Events with preprocess=False receive uploads as Gradio's raw file dicts, so a non-image or a
 decompression bomb reaches :func:`~fcnseg.serve.segmenter.read_upload` (and its clear
 message) instead of failing inside Gradio's own image decoding. All model-running events
-share one concurrency group: at most ``concurrency`` inferences at once, the rest wait in
-Gradio's bounded queue.
+and re-blending events share one concurrency group: at most ``concurrency`` of them run at
+once, the rest wait in Gradio's bounded queue.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from fcnseg.errors import FcnsegError
 from fcnseg.serve import segmenter
 from fcnseg.serve.segmenter import ServedModel
 
-INFERENCE_GROUP = "fcnseg-inference"
+# Every event that decodes or segments an image: at most `concurrency` of them run at once.
+WORK_GROUP = "fcnseg-work"
 CSS = """
 #fcnseg-status .fcnseg-error {color: #b00020; font-weight: 600; padding: 0.4em 0.6em;
   border: 1px solid #b00020; border-radius: 6px; background: #fff4f4}
@@ -93,7 +94,7 @@ def build_page(models: Sequence[ServedModel], scratch: segmenter.Scratch,
 
         run_inputs = [image, model_dd, alpha, crf]
         run_outputs = [overlay, legend, timing, labels_dl, overlay_dl, status]
-        common = dict(preprocess=False, concurrency_id=INFERENCE_GROUP,
+        common = dict(preprocess=False, concurrency_id=WORK_GROUP,
                       concurrency_limit=config.concurrency, api_visibility="private")
         # upload, not change: change also fires when the component re-sets its own value
         for event in (image.upload, run_btn.click, crf.change):
@@ -103,8 +104,8 @@ def build_page(models: Sequence[ServedModel], scratch: segmenter.Scratch,
         model_dd.change(handlers.model_html, [model_dd], [model_info], api_visibility="private",
                         queue=False).then(handlers.run, run_inputs, run_outputs, **common)
         alpha.release(handlers.reblend, [image, labels_dl, model_dd, alpha], [overlay, overlay_dl, status],
-                      preprocess=False, concurrency_limit=2, api_visibility="private")
-        gr.api(handlers.api_segment, api_name="segment", concurrency_id=INFERENCE_GROUP,
+                      **common)
+        gr.api(handlers.api_segment, api_name="segment", concurrency_id=WORK_GROUP,
                concurrency_limit=config.concurrency)
     return page
 

@@ -29,7 +29,8 @@ from fcnseg.fileio import atomic_save_image
 from fcnseg.inference import class_names_or_default, resolve_tiling, segment_array
 
 # Largest upload segmented, in pixels (50 MP: a full-frame camera photo). Tiled inference keeps
-# the model's memory bounded; the image, labels and overlay still take ~7 bytes a pixel.
+# the model's memory bounded; the image, labels and overlay still take ~7 bytes a pixel
+# (350 MB at 50 MP), plus the tiles' band buffer (~0.1 GB per 1000 px of width at 21 classes).
 DEFAULT_MAX_PIXELS = 50_000_000
 TILE = "auto"  # whole image up to fcnseg.inference.AUTO_TILE_PIXELS, tiles beyond
 PREVIEW_MAX_SIDE = 2048  # the page shows the overlay at most this large; downloads are full size
@@ -56,7 +57,6 @@ class ServedModel:
 class Segmentation:
     """One segmented image."""
 
-    image: np.ndarray           # uint8 (H, W, 3)
     labels: np.ndarray          # uint8 (H, W) class indices
     seconds: float              # time spent in segment_array (model, tiling, CRF)
     tiling: tuple[int, int] | None  # (tile, overlap) if tiled, None for whole-image
@@ -93,7 +93,8 @@ def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[Served
         arch = cfg.get("name", "unknown architecture")
         if cfg.get("geometry"):
             arch += f" ({cfg['geometry']})"
-        runtime = "ONNX Runtime" if path.suffix.lower() == ".onnx" else f"PyTorch on {device}"
+        runtime = ("ONNX Runtime" if path.suffix.lower() == ".onnx"
+                   else f"PyTorch on {getattr(runner, 'device', device)}")
         segment_array(runner, np.zeros((64, 64, 3), np.uint8))  # prepare it now, not in a request
         palette = visualize.full_palette(getattr(runner, "palette", None))  # (256, 3) uint8
         models.append(ServedModel(
@@ -160,7 +161,7 @@ def segment(model: ServedModel, image: np.ndarray, crf: bool = False) -> Segment
     """Segment ``image`` with ``model``'s shared runner, as ``fcnseg predict --tile auto`` does."""
     t0 = time.perf_counter()
     labels = segment_array(model.runner, image, tile=TILE, crf=crf)  # uint8 (H, W)
-    return Segmentation(image=image, labels=labels, seconds=time.perf_counter() - t0,
+    return Segmentation(labels=labels, seconds=time.perf_counter() - t0,
                         tiling=resolve_tiling(TILE, None, image.shape[:2]), crf=crf)
 
 
