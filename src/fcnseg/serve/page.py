@@ -36,6 +36,7 @@ from fcnseg.serve.segmenter import ServedModel
 # Every event that decodes or segments an image: at most `concurrency` of them run at once.
 WORK_GROUP = "fcnseg-work"
 CSS = """
+#fcnseg-input img, #fcnseg-overlay img {width: 100%; height: 100%; object-fit: contain}
 #fcnseg-status .fcnseg-error {color: #b00020; font-weight: 600; padding: 0.4em 0.6em;
   border: 1px solid #b00020; border-radius: 6px; background: #fff4f4}
 .fcnseg-legend table {border-collapse: collapse; width: 100%}
