@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -324,6 +325,31 @@ def _serving(ckpts: list[Path], root: Path, *flags: str):
     port = _free_port()
     log = root / "server.log"
     env = dict(os.environ, GRADIO_TEMP_DIR=str(root / "gradio"), PYTHONUNBUFFERED="1")
+    # Any HTTP(S) call the server makes to the outside (telemetry, version checks, fonts, share
+    # links) goes through this "proxy", which records it: there must be none.
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen()
+    trapped: list[bytes] = []
+
+    def record() -> None:
+        while True:
+            try:
+                conn, _ = trap.accept()
+            except OSError:  # closed at the end
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    trapped.append(conn.recv(200))
+                except OSError:
+                    trapped.append(b"?")
+
+    threading.Thread(target=record, daemon=True).start()
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env[key] = f"http://127.0.0.1:{trap.getsockname()[1]}"
+    for key in ("NO_PROXY", "no_proxy"):
+        env.pop(key, None)
     cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--port", str(port), *flags]
     for path in ckpts:
         cmd += ["--checkpoint", str(path)]
@@ -343,8 +369,10 @@ def _serving(ckpts: list[Path], root: Path, *flags: str):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        trap.close()
     assert proc.returncode == 0, log.read_text()
     assert log.read_text().rstrip().endswith("fcnseg serve: stopped"), log.read_text()
+    assert trapped == [], f"fcnseg serve made outside requests: {trapped}"
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fcnseg.data import io as data_io
 from fcnseg.errors import ConfigError
+from fcnseg.inference import AUTO_TILE_PIXELS
 from fcnseg.serve.segmenter import DEFAULT_MAX_PIXELS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -37,7 +38,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse larger images (default {DEFAULT_MAX_PIXELS}; images above "
-                        f"4.2 MP go through tiled inference)")
+                        f"{AUTO_TILE_PIXELS / 1e6:.1f} MP go through tiled inference)")
     p.add_argument("--max-file-mb", type=float, default=100.0, metavar="MB",
                    help="largest upload in MB (default 100)")
     p.add_argument("--queue-size", type=int, default=64, metavar="N",
@@ -103,6 +104,9 @@ def import_gradio():
     # Set before the import: no analytics or version check calls (there may be no internet).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Gradio calls its own local URL at start-up: a user's HTTP(S)_PROXY must not take that call.
+    for key in ("NO_PROXY", "no_proxy"):
+        os.environ[key] = ",".join(filter(None, [os.environ.get(key), "localhost,127.0.0.1,::1"]))
     try:
         import gradio  # heavy (seconds to import) and optional: only this command needs it
     except ImportError:
