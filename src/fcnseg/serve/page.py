@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import gradio as gr
+import numpy as np
 from gradio.data_classes import FileData
 
 from fcnseg.data import io as data_io
@@ -132,7 +133,7 @@ class _Handlers:
     def model_html(self, name: str) -> str:
         return _model_html(self.model(name))
 
-    def _read(self, upload: Any) -> tuple[Any, str]:
+    def _read(self, upload: Any) -> tuple[np.ndarray, str]:
         path, name = _upload_path(upload)
         return segmenter.read_upload(path, name, self.config.max_pixels), name
 
