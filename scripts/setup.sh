@@ -12,5 +12,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v -i "warning" || true
 .venv/bin/python -W ignore -c "import torch" || { echo "setup: torch failed to install" >&2; exit 1; }
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]" 2>&1 | grep -v -i "warning" || true
-.venv/bin/python -c "import fcnseg, onnxruntime, pytest" || { echo "setup: fcnseg failed to install" >&2; exit 1; }
+.venv/bin/python -c "import fcnseg, onnxruntime, pytest, importlib.util as u; assert u.find_spec('gradio') and u.find_spec('playwright')" || { echo "setup: fcnseg failed to install" >&2; exit 1; }
 echo "setup: ok ($(.venv/bin/python -c 'import torch,fcnseg; print("fcnseg", fcnseg.__version__, "torch", torch.__version__)'))"

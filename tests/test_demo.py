@@ -10,7 +10,7 @@ from fcnseg.errors import ConfigError
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_small(tmp_path):
+def test_demo_end_to_end_small(tmp_path, capsys):
     out = tmp_path / "demo"
     summary = run_demo(out, minutes=0.5, n_train=24, n_val=6, epochs=2, n_examples=2,
                        size=(64, 96), width=8, progress=False)
@@ -28,6 +28,8 @@ def test_demo_end_to_end_small(tmp_path):
     assert f"{100 * summary['miou']:.1f}" in report and "| circle |" in report
     html = (out / "report.html").read_text()
     assert "predictions/val_00000_panel.png" in html and "train/train_curve.png" in html
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # ends with the web page's command
+    assert last.endswith(f"fcnseg serve --checkpoint {out / 'train' / 'best.pt'}")
 
 
 def test_demo_refuses_foreign_non_empty_directory(tmp_path):

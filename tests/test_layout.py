@@ -28,7 +28,7 @@ TORCH_FREE = [
     "fcnseg.data.mask_255", "fcnseg.data.convert_masks",
     "fcnseg.infer", "fcnseg.infer.arrays", "fcnseg.infer.runner", "fcnseg.infer.segment",
     "fcnseg.infer.crf", "fcnseg.infer.onnx_runner", "fcnseg.infer.visualize", "fcnseg.api",
-    "fcnseg.predict",
+    "fcnseg.predict", "fcnseg.serve", "fcnseg.serve.cli", "fcnseg.serve.segmenter", "fcnseg.weights.packaged",
 ]
 
 
@@ -109,10 +109,11 @@ def test_dependencies_point_one_way():
     the weights catalog (which models.surgery asks for named backbone weights) stays below models."""
     below_models = ("fcnseg.models", "fcnseg.checkpoint", "fcnseg.engine", "fcnseg.infer", "fcnseg.api",
                     "fcnseg.bench")
-    rules = {"fcnseg.infer": ("fcnseg.api", "fcnseg.engine", "fcnseg.bench", "fcnseg.predict"),
+    rules = {"fcnseg.infer": ("fcnseg.api", "fcnseg.engine", "fcnseg.bench", "fcnseg.predict", "fcnseg.serve"),
              "fcnseg.models": ("fcnseg.engine", "fcnseg.infer", "fcnseg.api", "fcnseg.checkpoint", "fcnseg.data"),
              "fcnseg.data": ("fcnseg.engine", "fcnseg.infer", "fcnseg.api", "fcnseg.models"),
-             "fcnseg.weights.catalog": below_models, "fcnseg.weights.hub": below_models}
+             "fcnseg.weights.catalog": below_models, "fcnseg.weights.hub": below_models,
+             "fcnseg.weights.packaged": below_models}
     bad = [f"{m} imports {t}" for m in MODULES for room, banned in rules.items()
            if m == room or m.startswith(room + ".")
            for t in imports_of(m) if any(t == b or t.startswith(b + ".") for b in banned)]

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("fcnseg.predict", "segment images: palette PNGs, overlays, heatmaps"),
     "export": ("fcnseg.export", "export a checkpoint to ONNX, checked against PyTorch"),
     "bench": ("fcnseg.bench.cli", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
+    "serve": ("fcnseg.serve.cli", "a web page (Gradio) and API that segment uploaded photos"),
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),
     "download": ("fcnseg.data.download", "download PASCAL VOC 2012 (checksum verified, resumable)"),
     "convert-masks": ("fcnseg.data.convert_masks", "convert RGB colour masks to class-index palette PNGs"),

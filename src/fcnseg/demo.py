@@ -68,7 +68,9 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, minutes: float = 6.0, over
          f"  report:      {report}\n"
          f"  overlays:    {out / 'predictions'}\n"
          f"  checkpoint:  {run_dir / 'best.pt'}\n"
-         f"Next: fcnseg predict --checkpoint {run_dir / 'best.pt'} YOUR_IMAGES --out preds")
+         f"Next: fcnseg predict --checkpoint {run_dir / 'best.pt'} YOUR_IMAGES --out preds\n"
+         f"  or, for a web page (pip install 'fcnseg[serve]'): "
+         f"fcnseg serve --checkpoint {run_dir / 'best.pt'}")
     return summary
 
 
