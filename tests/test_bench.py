@@ -129,7 +129,12 @@ def test_inference_numbers_are_consistent(tiny_result):
         assert 0.9 <= x["agreement_vs_fp32"] <= 1.0
     by_variant = {x["variant"]: x for x in ok if x["geometry"] == "modern"}
     assert by_variant["fp32"]["agreement_vs_fp32"] == 1.0
-    assert by_variant["fastpath"]["max_abs_diff_vs_fp32"] <= 1e-4 * max(1.0, by_variant["fp32"]["logit_scale"])
+    fp32_bound = FASTPATH_FP32_RTOL * max(1.0, by_variant["fp32"]["logit_scale"])
+    assert by_variant["fastpath"]["max_abs_diff_vs_fp32"] <= fp32_bound
+    assert by_variant["channels_last"]["max_abs_diff_vs_fp32"] <= fp32_bound
+    for v in ("bf16_autocast", "bf16_fastpath"):
+        assert by_variant[v]["max_abs_diff_vs_fp32"] <= BF16_MAX_REL * by_variant[v]["logit_scale"]
+        assert by_variant[v]["agreement_vs_fp32"] >= BF16_MIN_AGREEMENT
     tv = [x for x in tiny_result["inference"] if x["model"] == bench.TORCHVISION_NAME]
     assert tv[0]["status"] == "skipped" and "CUDA only" in tv[0]["reason"]
     assert "torchvision" not in sys.modules  # never imported on CPU
@@ -219,12 +224,25 @@ def test_target_values_pick_the_right_records():
     assert "target is stated for" in other["fp32_fraction_of_peak"]["conditions"]
 
 
-@pytest.mark.parametrize("name,kwargs,dtype,tol", [
-    ("fcn8s_small", {"width": 8}, torch.float32, 1e-4),
-    ("fcn8s_small", {"width": 8}, torch.bfloat16, 0.1),
-    ("fcn16s_resnet18", {}, torch.float32, 1e-4),
+# Fast path vs eager, fp32: max |fast - eager| / max(1, max |eager|), measured on the shapes below
+# (1 and 2 threads, seeds 0 and 1, GEMM_BAND_BYTES=4096, gemm_min_channels=32; 2026-12, AVX-512):
+#   fcn8s_small w8 4.3e-7, fcn8s_alexnet 1.1e-6, fcn8s_vgg16 1.5e-6, fcn8s_resnet34 1.5e-6,
+#   fcn8s_resnet50 2.1e-6, fcn16s_resnet18 2.4e-6 (the test's seed: 1.9e-6).
+# Reordered float32 sums (oneDNN blocking, banded GEMMs), nothing more: the bound sits just above.
+FASTPATH_FP32_RTOL = 3e-6
+# bf16 (8-bit mantissa: each rounding up to 2^-9 relative), same measurement over every backbone:
+# relative L2 error ||fast - eager|| / ||eager|| <= 0.0143, max error <= 0.022 x max |eager|,
+# argmax agreement >= 98.3% (random weights on noise: many near-ties; fcn8s_small 99.5%, resnet18 99.7%).
+BF16_REL_L2, BF16_MAX_REL, BF16_MIN_AGREEMENT = 0.02, 0.03, 0.99
+
+
+@pytest.mark.parametrize("name,kwargs,dtype", [
+    ("fcn8s_small", {"width": 8}, torch.float32),
+    ("fcn8s_small", {"width": 8}, torch.bfloat16),
+    ("fcn16s_resnet18", {}, torch.float32),
+    ("fcn16s_resnet18", {}, torch.bfloat16),
 ])
-def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype, tol):
+def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype):
     import fcnseg.models.fastpath as fp
 
     monkeypatch.setattr(fp, "GEMM_BAND_BYTES", 4096)  # force GEMMs in several bands of rows
@@ -233,12 +251,21 @@ def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype, tol):
     fast = optimize_for_cpu_inference(model, (40, 56), dtype=dtype, gemm_min_channels=32)
     kinds = {type(m).__name__ for m in fast.modules()}
     assert {"GemmConv2d", "PackedConv2d"} <= kinds
+    agree, pixels = 0, 0
     with torch.inference_mode():
         for shape in [(1, 3, 40, 56), (2, 3, 37, 61), (1, 3, 9, 13)]:
             x = torch.randn(*shape)
             ref, out = model(x), fast(x).float()
             assert out.shape == ref.shape
-            assert (out - ref).abs().max() <= tol * max(1.0, ref.abs().max())
+            err = (out - ref).abs().max()
+            if dtype == torch.float32:
+                assert err <= FASTPATH_FP32_RTOL * max(1.0, ref.abs().max()), f"{err / ref.abs().max():.2e}"
+            else:
+                assert (out - ref).norm() <= BF16_REL_L2 * ref.norm()
+                assert err <= BF16_MAX_REL * ref.abs().max()
+            agree += int((out.argmax(1) == ref.argmax(1)).sum())
+            pixels += ref[:, 0].numel()
+    assert agree == pixels if dtype == torch.float32 else agree >= BF16_MIN_AGREEMENT * pixels
     assert all(p.dtype == torch.float32 for p in model.parameters())  # original untouched
 
 
