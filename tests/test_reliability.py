@@ -311,3 +311,44 @@ def test_deterministic_cli_puts_mkl_in_reproducible_mode(synthetic_voc, tmp_path
                       if line.startswith("MKL_VERBOSE") and "CNR:" in line}
     assert runs["--deterministic"] == {"AUTO,STRICT"}
     assert runs[None] == {"OFF"}  # the fast default is left alone without the flag
+
+
+# What an API user gets: train(TrainConfig(deterministic=True)) in a process where MKL has already
+# run (so MKL_CBWR, which MKL reads at its first call, comes too late), without MKL_CBWR in the
+# environment (the suite's conftest sets it for its own process only). KEEP floats make each run's
+# allocation history differ before training.
+_API_DETERMINISM = textwrap.dedent("""
+    import os, sys
+    import torch
+    from fcnseg.engine.config import TrainConfig
+    from fcnseg.engine.train import train
+
+    assert "MKL_CBWR" not in os.environ
+    data, out, keep = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    kept = torch.empty(keep)
+    a = torch.randn(67, 129)
+    (a @ a.T).sum().item()  # MKL's first call: its reproducibility mode is fixed from here on
+    train(TrainConfig(data=data, out=out, model="fcn8s_small", model_kwargs={"width": 8}, crop_size=32,
+                      batch_size=2, workers=0, amp="off", device="cpu", progress=False, iters=6, seed=1,
+                      deterministic=True))
+""")
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL")
+def test_api_deterministic_training_after_mkl_ran_is_bit_identical(synthetic_voc, tmp_path):
+    env = subprocess_env(threads=1)
+    env.pop("MKL_CBWR", None)
+    env["MKL_VERBOSE"] = "1"  # MKL logs each call with its reproducibility (CNR) mode
+    steps, cnr = {}, {}
+    for name, keep in (("a", 1), ("b", 100_003)):
+        res = subprocess.run([sys.executable, "-c", _API_DETERMINISM, str(synthetic_voc), str(tmp_path / name),
+                              str(keep)], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        steps[name] = (tmp_path / name / "steps.jsonl").read_text()
+        modes = [line.split("CNR:")[1].split()[0] for line in res.stdout.splitlines()
+                 if line.startswith("MKL_VERBOSE") and "CNR:" in line]
+        assert len(modes) > 1  # MKL ran during training too, not only in the matmul before it
+        cnr[name] = sorted(set(modes))
+    print(f"MKL reproducibility mode seen by the API runs: {cnr}")
+    assert len(read_jsonl(tmp_path / "a" / "steps.jsonl")) == 6
+    assert steps["a"] == steps["b"]  # every loss and lr, bit for bit (repr-exact floats)
