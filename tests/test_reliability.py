@@ -2,6 +2,7 @@
 checkpoints, output-directory safety, determinism, clear errors."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -81,6 +82,64 @@ def test_signal_saves_resumable_checkpoint_and_resume_is_exact(synthetic_voc, tm
     assert state_dicts_equal(a["state_dict"], b["state_dict"])
     assert [r["val"]["miou"] for r in read_jsonl(run / "metrics.jsonl")] == \
         [r["val"]["miou"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists the process group from /proc")
+def test_sigterm_to_process_group_with_loader_workers_resumes_exactly(synthetic_voc, tmp_path):
+    """A scheduler's kill (or Ctrl-C in a terminal) reaches the whole process group: the trainer
+    AND its data-loader workers. The run must still save a resumable last.pt and resume exactly."""
+    workers = [a if a != "0" or TINY_ARGS[i - 1] != "--workers" else "2" for i, a in enumerate(TINY_ARGS)]
+    assert workers[workers.index("--workers") + 1] == "2"
+    args = ["train", "--data", str(synthetic_voc), "--iters", "15", "--val-every", "2", "--deterministic",
+            "--seed", "3", *workers]
+    env = subprocess_env(threads=1)
+    run = tmp_path / "run"
+    # its own process group (session), as a shell job or a scheduler's task would have
+    proc = subprocess.Popen(cli_cmd(*args, "--out", str(run)), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_steps(run / "steps.jsonl", 4, proc)  # mid-epoch 2
+        assert len(_process_group(proc.pid)) >= 3  # the trainer and its 2 loader workers
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        t0 = time.monotonic()  # the workers leave with the trainer (they ignore the signal itself)
+        while _process_group(proc.pid) and time.monotonic() - t0 < 30:
+            time.sleep(0.1)
+        assert not _process_group(proc.pid)
+    finally:
+        if _process_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM at step" in err and "--resume" in err
+    last = load_checkpoint(run / "last.pt")
+    assert 4 <= last["step"] < 15 and last["completed"] is False
+    assert len(read_jsonl(run / "steps.jsonl")) == last["step"]
+
+    res = subprocess.run(cli_cmd("train", "--out", str(run), "--resume"), env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # reference: uninterrupted, and without workers (augmentation depends on the sample's position only)
+    ref = subprocess.run(cli_cmd(*args[:-len(workers)], *TINY_ARGS, "--out", str(tmp_path / "ref")), env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_steps, run_steps = read_jsonl(tmp_path / "ref" / "steps.jsonl"), read_jsonl(run / "steps.jsonl")
+    assert [s["step"] for s in run_steps] == list(range(1, 16))
+    assert [(s["loss"], s["lr"]) for s in run_steps] == [(s["loss"], s["lr"]) for s in ref_steps]  # bit for bit
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(run / "last.pt")
+    assert state_dicts_equal(a["state_dict"], b["state_dict"])
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
 
 
 # ----------------------------------------------------------------------------- (2) SIGKILL mid-write
