@@ -9,7 +9,8 @@ from PIL import Image
 import fcnseg
 from fcnseg.errors import CheckpointError
 
-from _predict_utils import CLASS_NAMES, PALETTE, save_tiny_checkpoint, smooth_image, write_image
+from _predict_utils import (CLASS_NAMES, PALETTE, needs_pydensecrf, save_tiny_checkpoint, smooth_image,
+                            write_image)
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +83,35 @@ def test_segment_return_probs(model):
     np.testing.assert_array_equal(labels, probs.argmax(0))
 
 
-def test_segment_tiled_and_crf(model):
-    pytest.importorskip("pydensecrf.densecrf")
-    image = smooth_image(150, 170)
-    tiled = fcnseg.segment(model, image, tile=96, overlap=32)
+def test_segment_tiled_agrees_with_whole_image(model):
+    """Tiling needs no optional package. A random-weight FCN sees zero padding at every tile
+    border, which changes logits within its receptive field, so tiles only approximate the whole
+    image: 97.5% agreement measured here (94.9-97.5% over 6 image seeds). The threshold, 95%,
+    fails tiles that are not blended (90.9% here) or placed 4 px off (76%)."""
+    image = smooth_image(150, 170, seed=2)
+    whole = fcnseg.segment(model, image)
+    tiled = fcnseg.segment(model, image, tile=128, overlap=64)
     assert tiled.shape == (150, 170) and tiled.dtype == np.uint8
+    assert len(np.unique(whole)) >= 4  # varied predictions: agreement means something
+    agreement = float((tiled == whole).mean())
+    print(f"tiled/whole agreement {100 * agreement:.2f}%")
+    assert agreement >= 0.95
+    labels, probs = fcnseg.segment(model, image, tile=128, overlap=64, return_probs=True)
+    np.testing.assert_array_equal(labels, tiled)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), tiled)
+
+
+@needs_pydensecrf
+def test_segment_crf(model):
+    from fcnseg.infer.crf import dense_crf
+
+    image = smooth_image(150, 170)
     refined, probs = fcnseg.segment(model, image, crf=True, return_probs=True)
     assert refined.shape == (150, 170) and refined.dtype == np.uint8
-    assert probs.shape == (5, 150, 170)
+    np.testing.assert_array_equal(probs.argmax(0), fcnseg.segment(model, image))  # probs: before the CRF
+    np.testing.assert_array_equal(refined, dense_crf(image, probs))  # DeepLab's defaults
+    assert (refined != probs.argmax(0)).any()  # the CRF changed something
     custom = fcnseg.segment(model, image, crf={"iters": 1, "compat_bilateral": 0.0, "compat_gauss": 0.0})
     np.testing.assert_array_equal(custom, probs.argmax(0))  # no pairwise terms: CRF = argmax
 

@@ -1,10 +1,13 @@
 """``fcnseg bench``: structure and arithmetic of the report on a tiny model (no timing asserts)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +17,7 @@ from fcnseg.bench import BenchConfig, judge_targets, run_bench, target_values
 from fcnseg.models.fastpath import optimize_for_cpu_inference
 from fcnseg.bench.timing import Timing, fit_linear, time_callable
 from fcnseg.models import count_flops
+from fcnseg.errors import ConfigError
 
 TINY = dict(models=["fcn8s_small"], model_kwargs={"width": 8}, sizes=[(32, 48)], batch=1, threads=1,
             warmup=0, repeats=1, peak_sizes=[64], train_crop=32, train_batch=2, train_repeats=1,
@@ -21,23 +25,41 @@ TINY = dict(models=["fcn8s_small"], model_kwargs={"width": 8}, sizes=[(32, 48)],
             scaling_sizes=[32, 48, 64], scaling_repeats=1, num_classes=4)
 
 
+# The caller's torch thread count before the tiny run: deliberately not TINY's 1 thread, so that
+# a run_bench that forgot to restore it leaves 1 and the restore test fails.
+CALLER_THREADS = 3
+
+
 @pytest.fixture(scope="module")
-def tiny_result(tmp_path_factory) -> dict:
+def bench_run(tmp_path_factory) -> SimpleNamespace:
+    """The tiny bench run, and the caller's torch thread count before and after it."""
     from fcnseg.data.synthetic import make_synthetic_voc
 
     data = make_synthetic_voc(tmp_path_factory.mktemp("bench_voc"), n_train=6, n_val=3, size=(32, 48),
                               num_classes=4, seed=0)
     cfg = BenchConfig(**TINY, data=str(data), variants=["fp32", "channels_last", "fastpath", "bf16_autocast",
                                                         "bf16_fastpath", "amp_fp16", "onnxruntime"])
-    return run_bench(cfg, log=lambda _msg: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(CALLER_THREADS)
+    try:
+        result = run_bench(cfg, log=lambda _msg: None)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    return SimpleNamespace(result=result, threads_after=after)
+
+
+@pytest.fixture(scope="module")
+def tiny_result(bench_run) -> dict:
+    return bench_run.result
 
 
 def _finite_positive(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_report_has_every_section(tiny_result):
-    r = tiny_result
+def test_report_has_every_section(bench_run):
+    r = bench_run.result
     assert r["schema"] == bench.SCHEMA
     for key in ("config", "environment", "peak", "inference", "train", "loader", "metrics", "scaling",
                 "targets", "peak_rss", "elapsed_s"):
@@ -48,15 +70,39 @@ def test_report_has_every_section(tiny_result):
     assert set(r["peak"]) == {"fp32", "bf16"}
     assert all(_finite_positive(p["gflop_per_s"]) for p in r["peak"].values())
     assert all(_finite_positive(p["self_mb"]) for p in r["peak_rss"])
-    assert torch.get_num_threads() >= 1  # restored after the run
+    # the run used its own thread count, then gave the caller back the one it had
+    assert bench_run.threads_after == CALLER_THREADS
+
+
+def test_thread_count_restored_when_a_section_fails(monkeypatch):
+    import fcnseg.bench.run as run_module
+
+    def broken_peak(*_args, **_kwargs):
+        raise ConfigError("peak section failed")
+
+    monkeypatch.setattr(run_module, "bench_peak", broken_peak)
+    before = torch.get_num_threads()
+    torch.set_num_threads(CALLER_THREADS)
+    try:
+        with pytest.raises(ConfigError, match="peak section failed"):
+            run_bench(BenchConfig(**{**TINY, "sections": ["peak"]}), log=lambda _msg: None)
+        assert torch.get_num_threads() == CALLER_THREADS  # not TINY's 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_inference_numbers_are_consistent(tiny_result):
     records = [x for x in tiny_result["inference"] if x["model"] == "fcn8s_small"]
     ort = [x for x in records if x["variant"] == "onnxruntime"]
-    # onnxruntime runs through fcnseg.export; if that cannot export, it is skipped with the reason
-    assert ort[0]["status"] == "ok" or ort[0]["reason"].startswith("ONNX export failed")
-    if ort[0]["status"] == "ok":
+    assert len(ort) == 1
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        # the only acceptable skip: the optional packages are absent (an export failure is a bug)
+        assert ort[0]["status"] == "skipped" and "not installed" in ort[0]["reason"]
+    else:
+        assert ort[0]["status"] == "ok", ort[0].get("reason")
+        # fcnseg.export's own check: max |onnx - torch| <= 1e-3 * max |logits| + 1e-4 (float32
+        # kernels of two runtimes), and the labels agree
+        assert ort[0]["max_abs_diff_vs_fp32"] <= 1e-3 * ort[0]["logit_scale"] + 1e-4
         assert ort[0]["agreement_vs_fp32"] >= 0.99
     records = [x for x in records if x["variant"] != "onnxruntime"]
     ok = [x for x in records if x["status"] == "ok"]
@@ -83,7 +129,12 @@ def test_inference_numbers_are_consistent(tiny_result):
         assert 0.9 <= x["agreement_vs_fp32"] <= 1.0
     by_variant = {x["variant"]: x for x in ok if x["geometry"] == "modern"}
     assert by_variant["fp32"]["agreement_vs_fp32"] == 1.0
-    assert by_variant["fastpath"]["max_abs_diff_vs_fp32"] <= 1e-4 * max(1.0, by_variant["fp32"]["logit_scale"])
+    fp32_bound = FASTPATH_FP32_RTOL * max(1.0, by_variant["fp32"]["logit_scale"])
+    assert by_variant["fastpath"]["max_abs_diff_vs_fp32"] <= fp32_bound
+    assert by_variant["channels_last"]["max_abs_diff_vs_fp32"] <= fp32_bound
+    for v in ("bf16_autocast", "bf16_fastpath"):
+        assert by_variant[v]["max_abs_diff_vs_fp32"] <= BF16_MAX_REL * by_variant[v]["logit_scale"]
+        assert by_variant[v]["agreement_vs_fp32"] >= BF16_MIN_AGREEMENT
     tv = [x for x in tiny_result["inference"] if x["model"] == bench.TORCHVISION_NAME]
     assert tv[0]["status"] == "skipped" and "CUDA only" in tv[0]["reason"]
     assert "torchvision" not in sys.modules  # never imported on CPU
@@ -102,7 +153,16 @@ def test_train_loader_metrics_scaling(tiny_result):
         g = r["scaling"]["geometries"][geometry]
         assert [p["size"] for p in g["points"]] == [32, 48, 64]
         assert all(_finite_positive(p["median_ms"]) for p in g["points"])
-        assert g["fit_ms_vs_megapixels"]["r2"] <= 1.0
+        # the reported line is the least-squares fit of the reported points (numpy as reference)
+        mpx = np.array([p["size"] ** 2 / 1e6 for p in g["points"]])
+        ms = np.array([p["median_ms"] for p in g["points"]])
+        slope, intercept = np.polyfit(mpx, ms, 1)
+        r2 = 1 - ((ms - (slope * mpx + intercept)) ** 2).sum() / ((ms - ms.mean()) ** 2).sum()
+        fit = g["fit_ms_vs_megapixels"]
+        # float64 sums over 3 points: agreement to ~1e-12; 1e-6 leaves room for cancellation
+        assert fit["slope"] == pytest.approx(slope, rel=1e-6)
+        assert fit["intercept"] == pytest.approx(intercept, rel=1e-6, abs=1e-9 * ms.max())
+        assert fit["r2"] == pytest.approx(r2, rel=1e-6, abs=1e-9)
     keys = {t["key"] for t in r["targets"]}
     assert keys == {t.key for t in bench.TARGETS}
     json.dumps(r)  # JSON-serialisable as is
@@ -164,12 +224,25 @@ def test_target_values_pick_the_right_records():
     assert "target is stated for" in other["fp32_fraction_of_peak"]["conditions"]
 
 
-@pytest.mark.parametrize("name,kwargs,dtype,tol", [
-    ("fcn8s_small", {"width": 8}, torch.float32, 1e-4),
-    ("fcn8s_small", {"width": 8}, torch.bfloat16, 0.1),
-    ("fcn16s_resnet18", {}, torch.float32, 1e-4),
+# Fast path vs eager, fp32: max |fast - eager| / max(1, max |eager|), measured on the shapes below
+# (1 and 2 threads, seeds 0 and 1, GEMM_BAND_BYTES=4096, gemm_min_channels=32; 2026-12, AVX-512):
+#   fcn8s_small w8 4.3e-7, fcn8s_alexnet 1.1e-6, fcn8s_vgg16 1.5e-6, fcn8s_resnet34 1.5e-6,
+#   fcn8s_resnet50 2.1e-6, fcn16s_resnet18 2.4e-6 (the test's seed: 1.9e-6).
+# Reordered float32 sums (oneDNN blocking, banded GEMMs), nothing more: the bound sits just above.
+FASTPATH_FP32_RTOL = 3e-6
+# bf16 (8-bit mantissa: each rounding up to 2^-9 relative), same measurement over every backbone:
+# relative L2 error ||fast - eager|| / ||eager|| <= 0.0143, max error <= 0.022 x max |eager|,
+# argmax agreement >= 98.3% (random weights on noise: many near-ties; fcn8s_small 99.5%, resnet18 99.7%).
+BF16_REL_L2, BF16_MAX_REL, BF16_MIN_AGREEMENT = 0.02, 0.03, 0.99
+
+
+@pytest.mark.parametrize("name,kwargs,dtype", [
+    ("fcn8s_small", {"width": 8}, torch.float32),
+    ("fcn8s_small", {"width": 8}, torch.bfloat16),
+    ("fcn16s_resnet18", {}, torch.float32),
+    ("fcn16s_resnet18", {}, torch.bfloat16),
 ])
-def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype, tol):
+def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype):
     import fcnseg.models.fastpath as fp
 
     monkeypatch.setattr(fp, "GEMM_BAND_BYTES", 4096)  # force GEMMs in several bands of rows
@@ -178,12 +251,21 @@ def test_fastpath_matches_eager(monkeypatch, name, kwargs, dtype, tol):
     fast = optimize_for_cpu_inference(model, (40, 56), dtype=dtype, gemm_min_channels=32)
     kinds = {type(m).__name__ for m in fast.modules()}
     assert {"GemmConv2d", "PackedConv2d"} <= kinds
+    agree, pixels = 0, 0
     with torch.inference_mode():
         for shape in [(1, 3, 40, 56), (2, 3, 37, 61), (1, 3, 9, 13)]:
             x = torch.randn(*shape)
             ref, out = model(x), fast(x).float()
             assert out.shape == ref.shape
-            assert (out - ref).abs().max() <= tol * max(1.0, ref.abs().max())
+            err = (out - ref).abs().max()
+            if dtype == torch.float32:
+                assert err <= FASTPATH_FP32_RTOL * max(1.0, ref.abs().max()), f"{err / ref.abs().max():.2e}"
+            else:
+                assert (out - ref).norm() <= BF16_REL_L2 * ref.norm()
+                assert err <= BF16_MAX_REL * ref.abs().max()
+            agree += int((out.argmax(1) == ref.argmax(1)).sum())
+            pixels += ref[:, 0].numel()
+    assert agree == pixels if dtype == torch.float32 else agree >= BF16_MIN_AGREEMENT * pixels
     assert all(p.dtype == torch.float32 for p in model.parameters())  # original untouched
 
 
@@ -194,6 +276,11 @@ def test_timing_and_fit_helpers():
     fit = fit_linear([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
     assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(1.0)
     assert fit["r2"] == pytest.approx(1.0)
+    # a noisy line, worked by hand: mean x 1.5, mean y 2.75, Sxy 5.5, Sxx 5 -> slope 1.1,
+    # intercept 1.1; residuals -0.1, 0.8, -1.3, 0.6 -> SSres 2.7; SStot 8.75 -> R^2 = 1 - 2.7/8.75
+    fit = fit_linear([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 2.0, 5.0])
+    assert fit["slope"] == pytest.approx(1.1) and fit["intercept"] == pytest.approx(1.1)
+    assert fit["r2"] == pytest.approx(1 - 2.7 / 8.75)
     calls = []
     timing = time_callable(lambda: calls.append(1), warmup=2, repeats=3)
     assert len(calls) == 5 and len(timing.times_s) == 3

@@ -15,6 +15,7 @@ from fcnseg.data.datasets import open_dataset
 from fcnseg.data.transforms import eval_transforms
 from fcnseg.engine.evaluate import evaluate, make_eval_loader, run_eval
 from fcnseg.errors import CheckpointError
+from fcnseg.metrics import BoundaryF1
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,20 @@ def test_evaluate_equals_manual_confusion_matrix(synthetic_voc, ckpt):
     assert res["mean_acc"] == pytest.approx(np.nanmean(np.where(gt > 0, tp / np.maximum(gt, 1), np.nan)))
     assert res["fwiou"] == pytest.approx(((gt / gt.sum()) * np.nan_to_num(iou)).sum())
 
-    # batched (pad_collate) evaluation counts the same labelled pixels
+    # batched (pad_collate) evaluation: the same matrix, cell for cell (same-size images, so no
+    # padding changes the network's context), and the BF score of the same per-image predictions
     res2 = evaluate(model, make_eval_loader(ds, batch_size=2, workers=0, device=torch.device("cpu")), 4, "cpu",
                     bf=True)
-    assert np.array(res2["confusion_matrix"]).sum() == ref.sum()
-    assert 0.0 <= res2["bf"] <= 1.0 and len(res2["bf_per_class"]) == 4
+    np.testing.assert_array_equal(np.array(res2["confusion_matrix"]), ref)
+    bf = BoundaryF1(4)  # checked against a brute-force BF in test_metrics
+    with torch.no_grad():
+        for i in range(len(ds)):
+            x, y = ds[i]
+            bf.update(model(x[None]).argmax(1)[0], y)
+    expected_bf = bf.compute()
+    assert res2["bf"] == pytest.approx(expected_bf["bf"], abs=1e-12)
+    np.testing.assert_allclose(res2["bf_per_class"], expected_bf["bf_per_class"], atol=1e-12)
+    assert 0.0 < res2["bf"] < 1.0  # a random head: some boundaries right, some wrong
 
 
 def test_eval_cli_json_table_and_files(synthetic_voc, ckpt, tmp_path, capsys, monkeypatch):
@@ -69,6 +79,9 @@ def test_eval_cli_json_table_and_files(synthetic_voc, ckpt, tmp_path, capsys, mo
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) >= {"pixel_acc", "mean_acc", "iou", "acc", "miou", "fwiou", "confusion_matrix"}
+    model = model_from_checkpoint(ckpt, num_classes=4).eval()
+    val = _manual_confusion(model, open_dataset(synthetic_voc, "val", transforms=eval_transforms()), 4)
+    assert printed["confusion_matrix"] == val.tolist() and printed["split"] == "val"
     assert printed["class_names"] == ["background", "circle", "rectangle", "triangle"]
     assert json.loads((out / "eval.json").read_text())["confusion_matrix"] == printed["confusion_matrix"]
     with Image.open(out / "confusion_matrix.png") as im:
@@ -78,6 +91,14 @@ def test_eval_cli_json_table_and_files(synthetic_voc, ckpt, tmp_path, capsys, mo
                "--device", "cpu", "--bf"])
     text = capsys.readouterr().out
     assert rc == 0 and "rectangle" in text and "mIoU" in text and "BF" in text and "fwIoU" in text
+
+    # --split: the 6 train images instead of the 3 val ones
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(synthetic_voc), "--split", "train", "--json",
+               "--workers", "0", "--device", "cpu", "--amp", "off"])
+    printed = json.loads(capsys.readouterr().out)
+    train = _manual_confusion(model, open_dataset(synthetic_voc, "train", transforms=eval_transforms()), 4)
+    assert rc == 0 and printed["split"] == "train" and printed["num_images"] == 6
+    assert printed["confusion_matrix"] == train.tolist() != val.tolist()
 
 
 def test_eval_refuses_checkpoint_for_other_class_count(synthetic_voc, tmp_path):

@@ -14,7 +14,22 @@ from fcnseg.constants import IGNORE_INDEX
 from fcnseg.data.image_files import default_palette, read_mask
 from fcnseg.predict import collect_inputs, safe_name
 
-from _predict_utils import CLASS_NAMES, PALETTE, save_tiny_checkpoint, smooth_image, write_image
+from _predict_utils import (CLASS_NAMES, PALETTE, needs_pydensecrf, save_tiny_checkpoint, smooth_image,
+                            write_image)
+
+
+def _magma_levels() -> np.ndarray:
+    """Lookup from a packed RGB colour (R << 16 | G << 8 | B) to its magma level 0..255 (-1: none)."""
+    from matplotlib import colormaps
+
+    lut = (colormaps["magma"](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).round().astype(np.int64)
+    table = np.full(1 << 24, -1, np.int16)
+    table[(lut[:, 0] << 16) | (lut[:, 1] << 8) | lut[:, 2]] = np.arange(256)
+    assert (table >= 0).sum() == 256  # 256 distinct colours: the decoding is unambiguous
+    return table
+
+
+MAGMA_LEVEL = _magma_levels()
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +75,22 @@ def test_predict_writes_every_output(ckpt, inputs, tmp_path, capsys):
         ov = np.asarray(Image.open(out / f"{path.stem}_overlay.png"))
         assert ov.shape[0] >= h and ov.shape[1] > w
         np.testing.assert_array_equal(ov[:h, :w], visualize.blend(image, expected, PALETTE, 0.5))
-        # heatmaps: one per class, input size
-        for name in CLASS_NAMES:
-            hm = Image.open(out / f"{path.stem}_prob_{safe_name(name)}.png")
-            assert hm.size == (w, h) and hm.mode == "RGB"
-        assert (out / f"{path.stem}_panel.png").is_file()
+        # heatmaps: one per class, input size, magma colours of round(255 * p); decoded through
+        # matplotlib's colour table, each equals the API's probability to +-1/255 (8-bit storage)
+        _, probs = fcnseg.segment(model, image, return_probs=True)
+        for c, name in enumerate(CLASS_NAMES):
+            hm = np.asarray(Image.open(out / f"{path.stem}_prob_{safe_name(name)}.png"))
+            assert hm.shape == (h, w, 3)
+            level = MAGMA_LEVEL[(hm[..., 0].astype(np.int64) << 16) | (hm[..., 1].astype(np.int64) << 8) | hm[..., 2]]
+            assert (level >= 0).all()  # every pixel is a magma colour
+            assert np.abs(level - probs[c] * 255).max() <= 1.0
+        # panel: the errors cell marks exactly the labelled pixels where the prediction is wrong
+        gt = np.asarray(Image.open(gt_dir / f"{path.stem}.png"))
+        panel = np.asarray(Image.open(out / f"{path.stem}_panel.png").convert("RGB"))
+        red = np.all(panel == (255, 0, 0), axis=2).sum()
+        assert red == ((expected != gt) & (gt != IGNORE_INDEX)).sum() > 0
+        np.testing.assert_array_equal(panel, np.asarray(visualize.error_panel(image, gt, expected, PALETTE,
+                                                                              CLASS_NAMES)))
     assert (out / "a_prob_green_thing.png").is_file()  # names made file-safe
     assert "3 of 3 inputs done" in capsys.readouterr().out
 
@@ -120,15 +146,30 @@ def test_duplicate_stems_are_refused(ckpt, tmp_path, capsys):
     assert "would both write x.png" in capsys.readouterr().err
 
 
-def test_tiled_and_crf_options(ckpt, inputs, tmp_path):
-    pytest.importorskip("pydensecrf.densecrf")
+def test_tile_option(ckpt, tmp_path):
+    """--tile needs no optional package; the PNG holds the API's tiled labels."""
+    path = write_image(tmp_path / "in" / "big.png", smooth_image(100, 130, seed=4))  # 3 x 4 tiles
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(path), "--out", str(out),
+                 "--tile", "64", "--overlap", "16"]) == 0
+    model = fcnseg.load_model(ckpt)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    tiled = fcnseg.segment(model, image, tile=64, overlap=16)
+    assert (tiled != fcnseg.segment(model, image)).any()  # tiling changes some labels here
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "big.png")), tiled)
+
+
+@needs_pydensecrf
+def test_tile_and_crf_options(ckpt, inputs, tmp_path):
     folder, a, b, _ = inputs
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(out),
                  "--tile", "64", "--overlap", "16", "--crf"]) == 0
+    model = fcnseg.load_model(ckpt)
     for path in (a, b):
-        w, h = Image.open(path).size
-        assert Image.open(out / f"{path.stem}.png").size == (w, h)
+        image = np.asarray(Image.open(path).convert("RGB"))
+        refined = fcnseg.segment(model, image, tile=64, overlap=16, crf=True)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{path.stem}.png")), refined)
 
 
 def test_collect_inputs_files_folders_globs(tmp_path):

@@ -2,6 +2,7 @@
 checkpoints, output-directory safety, determinism, clear errors."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -81,6 +82,64 @@ def test_signal_saves_resumable_checkpoint_and_resume_is_exact(synthetic_voc, tm
     assert state_dicts_equal(a["state_dict"], b["state_dict"])
     assert [r["val"]["miou"] for r in read_jsonl(run / "metrics.jsonl")] == \
         [r["val"]["miou"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists the process group from /proc")
+def test_sigterm_to_process_group_with_loader_workers_resumes_exactly(synthetic_voc, tmp_path):
+    """A scheduler's kill (or Ctrl-C in a terminal) reaches the whole process group: the trainer
+    AND its data-loader workers. The run must still save a resumable last.pt and resume exactly."""
+    workers = [a if a != "0" or TINY_ARGS[i - 1] != "--workers" else "2" for i, a in enumerate(TINY_ARGS)]
+    assert workers[workers.index("--workers") + 1] == "2"
+    args = ["train", "--data", str(synthetic_voc), "--iters", "15", "--val-every", "2", "--deterministic",
+            "--seed", "3", *workers]
+    env = subprocess_env(threads=1)
+    run = tmp_path / "run"
+    # its own process group (session), as a shell job or a scheduler's task would have
+    proc = subprocess.Popen(cli_cmd(*args, "--out", str(run)), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_steps(run / "steps.jsonl", 4, proc)  # mid-epoch 2
+        assert len(_process_group(proc.pid)) >= 3  # the trainer and its 2 loader workers
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        t0 = time.monotonic()  # the workers leave with the trainer (they ignore the signal itself)
+        while _process_group(proc.pid) and time.monotonic() - t0 < 30:
+            time.sleep(0.1)
+        assert not _process_group(proc.pid)
+    finally:
+        if _process_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM at step" in err and "--resume" in err
+    last = load_checkpoint(run / "last.pt")
+    assert 4 <= last["step"] < 15 and last["completed"] is False
+    assert len(read_jsonl(run / "steps.jsonl")) == last["step"]
+
+    res = subprocess.run(cli_cmd("train", "--out", str(run), "--resume"), env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # reference: uninterrupted, and without workers (augmentation depends on the sample's position only)
+    ref = subprocess.run(cli_cmd(*args[:-len(workers)], *TINY_ARGS, "--out", str(tmp_path / "ref")), env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_steps, run_steps = read_jsonl(tmp_path / "ref" / "steps.jsonl"), read_jsonl(run / "steps.jsonl")
+    assert [s["step"] for s in run_steps] == list(range(1, 16))
+    assert [(s["loss"], s["lr"]) for s in run_steps] == [(s["loss"], s["lr"]) for s in ref_steps]  # bit for bit
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(run / "last.pt")
+    assert state_dicts_equal(a["state_dict"], b["state_dict"])
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
 
 
 # ----------------------------------------------------------------------------- (2) SIGKILL mid-write
@@ -315,3 +374,44 @@ def test_deterministic_cli_puts_mkl_in_reproducible_mode(synthetic_voc, tmp_path
                       if line.startswith("MKL_VERBOSE") and "CNR:" in line}
     assert runs["--deterministic"] == {"AUTO,STRICT"}
     assert runs[None] == {"OFF"}  # the fast default is left alone without the flag
+
+
+# What an API user gets: train(TrainConfig(deterministic=True)) in a process where MKL has already
+# run (so MKL_CBWR, which MKL reads at its first call, comes too late), without MKL_CBWR in the
+# environment (the suite's conftest sets it for its own process only). KEEP floats make each run's
+# allocation history differ before training.
+_API_DETERMINISM = textwrap.dedent("""
+    import os, sys
+    import torch
+    from fcnseg.engine.config import TrainConfig
+    from fcnseg.engine.train import train
+
+    assert "MKL_CBWR" not in os.environ
+    data, out, keep = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    kept = torch.empty(keep)
+    a = torch.randn(67, 129)
+    (a @ a.T).sum().item()  # MKL's first call: its reproducibility mode is fixed from here on
+    train(TrainConfig(data=data, out=out, model="fcn8s_small", model_kwargs={"width": 8}, crop_size=32,
+                      batch_size=2, workers=0, amp="off", device="cpu", progress=False, iters=6, seed=1,
+                      deterministic=True))
+""")
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL")
+def test_api_deterministic_training_after_mkl_ran_is_bit_identical(synthetic_voc, tmp_path):
+    env = subprocess_env(threads=1)
+    env.pop("MKL_CBWR", None)
+    env["MKL_VERBOSE"] = "1"  # MKL logs each call with its reproducibility (CNR) mode
+    steps, cnr = {}, {}
+    for name, keep in (("a", 1), ("b", 100_003)):
+        res = subprocess.run([sys.executable, "-c", _API_DETERMINISM, str(synthetic_voc), str(tmp_path / name),
+                              str(keep)], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        steps[name] = (tmp_path / name / "steps.jsonl").read_text()
+        modes = [line.split("CNR:")[1].split()[0] for line in res.stdout.splitlines()
+                 if line.startswith("MKL_VERBOSE") and "CNR:" in line]
+        assert len(modes) > 1  # MKL ran during training too, not only in the matmul before it
+        cnr[name] = sorted(set(modes))
+    print(f"MKL reproducibility mode seen by the API runs: {cnr}")
+    assert len(read_jsonl(tmp_path / "a" / "steps.jsonl")) == 6
+    assert steps["a"] == steps["b"]  # every loss and lr, bit for bit (repr-exact floats)

@@ -114,6 +114,17 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers_(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank, in place; a no-op in single-process runs.
+
+    DDP does this at the start of each training forward only: after a step, each rank's
+    statistics include its own batch. Evaluation must use the ones rank 0 saves.
+    """
+    if is_dist():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank (pickled through the process group)."""
     if not is_dist():

@@ -90,10 +90,14 @@ class SeededDataset(Dataset):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT.
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM.
 
-    Ctrl-C reaches the whole process group; the main process handles it (finishes the step,
-    saves ``last.pt``), and workers that died on it would make that final fetch fail.
-    Augmentation randomness comes from :class:`SeededDataset`, not from worker seeds.
+    Ctrl-C, and a scheduler's or ``kill -- -PGID``'s SIGTERM, reach the whole process group;
+    the main process handles them (finishes the step, saves ``last.pt``). A worker that died
+    on the signal would make the loader raise in the main process, even in the middle of
+    that save. Workers still exit with the main process (the loader shuts them down; if the
+    main process dies, they notice within seconds). Augmentation randomness comes from
+    :class:`SeededDataset`, not from worker seeds.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -331,6 +331,7 @@ class Trainer:
     def _validate(self, partial: bool = False) -> dict:
         cfg, p = self.cfg, self.p
         t0 = time.perf_counter()
+        D.broadcast_buffers_(self.model)  # every rank evaluates the model rank 0 saves
         res = evaluate(self.model, self.val_loader, self.num_classes, self.device, amp_dtype=self.amp_dtype,
                        channels_last=cfg.channels_last, bf=cfg.bf, progress=cfg.progress)
         epoch = p.epoch + p.batch_in_epoch / self.steps_per_epoch
