@@ -24,7 +24,7 @@ from fcnseg.data.transforms import eval_transforms, pad_collate, train_transform
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import TrainConfig, check_resume_compatible
 from fcnseg.engine.evaluate import evaluate, make_eval_loader
-from fcnseg.engine.loader_errors import unwrapped_batches
+from fcnseg.engine.loader_errors import shut_down_workers, unwrapped_batches
 from fcnseg.engine.finetune import set_backbone_mode
 from fcnseg.engine.losses import load_class_weights, median_frequency_weights, pixel_frequencies, segmentation_loss
 from fcnseg.engine.model_setup import initial_model
@@ -220,6 +220,12 @@ class Trainer:
                     if done or (epoch_done and p.epoch % cfg.val_every == 0):
                         self._validate()
                     self._save_last(completed=done)
+        except BaseException:
+            # Persistent workers ignore SIGTERM (sampling.worker_init): stop them here, or the
+            # interpreter's exit would wait for them forever.
+            shut_down_workers(self.loader)
+            shut_down_workers(self.val_loader)
+            raise
         finally:
             if self.steps_file is not None:
                 self.steps_file.close()
