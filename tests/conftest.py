@@ -13,6 +13,9 @@ from PIL import Image
 # MKL's first call (see fcnseg.engine.rng.reproducible_mkl).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+# A skip for a missing package fails the run when FCNSEG_REQUIRE_EXTRAS=1 (CI): tests/require_extras.py
+pytest_plugins = ["require_extras"]
+
 REPO = Path(__file__).resolve().parents[1]
 # CamVid in exact VOC layout, shared between checkouts: <repo>/../shared/data/camvid-voc
 CAMVID = REPO.parent / "shared" / "data" / "camvid-voc"
