@@ -103,3 +103,18 @@ def test_bench_quick_changes_the_configuration(monkeypatch):
     assert (full.repeats, full.warmup, full.scaling_sizes) == (5, 2, [256, 512, 1024])
     assert (quick.repeats, quick.warmup, quick.scaling_sizes) == (3, 1, [256, 512])
     assert len(quick.variants) < len(full.variants)
+
+
+def test_a_last_batch_of_one_image_is_left_out(synthetic_voc, tmp_path, capsys):
+    """5 images in batches of 2 with 32x32 crops: fcn8s_small's stride-32 map is 1x1, so a
+    one-image batch would be one value per channel for its BatchNorm ("Expected more than 1 value
+    per channel when training"). The last one-image batch of each epoch is left out instead."""
+    ids = (synthetic_voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:5]
+    split = tmp_path / "five.txt"
+    split.write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(synthetic_voc), "--out", str(out), *COMMON, "--epochs", "2",
+                 "--crop-size", "32", "--train-split", str(split)]) == 0
+    assert "the last one-image batch of each epoch is left out" in capsys.readouterr().out
+    steps = read_jsonl(out / "steps.jsonl")
+    assert [r["epoch"] for r in steps] == [1, 1, 2, 2]  # 2 full batches per epoch
