@@ -128,16 +128,22 @@ def select(args) -> int:
 
 
 def final(args) -> int:
+    """Train the runs named by ``--kinds`` (each alone on the machine, for its training minutes),
+    evaluate every run that has a ``last.pt`` once on val, and print the table when both exist."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads(args.settings) if args.settings else {}
-    results = {}
+    results = json.loads((out / "final.json").read_text()) if (out / "final.json").is_file() else {}
     for kind in ("pretrained", "scratch"):
         run = out / kind
         cmd = command(Path(args.data), run, settings, args.epochs, args.minutes, train_split="train",
                       val_split="val", val_every=args.val_every, pretrained=kind == "pretrained")
         train_it = not args.skip_train and kind in args.kinds.split(",")
         seconds = run_logged(cmd, out / f"{kind}.log") if train_it else None
+        if not (run / "last.pt").is_file():
+            continue
+        if not train_it and kind in results:
+            continue  # evaluated when it was trained
         ev_dir = out / f"{kind}_eval"
         ev = subprocess.run([sys.executable, "-m", "fcnseg.cli", "eval", "--checkpoint", str(run / "last.pt"),
                              "--data", args.data, "--split", "val", "--bf", "--json", "--out", str(ev_dir),
@@ -151,7 +157,9 @@ def final(args) -> int:
                          "class_names": res["class_names"]}
         print(f"{kind}: val mIoU {100 * res['miou']:.1f}, BF {100 * res['bf']:.1f}, "
               f"{summary['seconds'] / 60:.1f} min, {summary['steps']}/{summary['total_steps']} steps", flush=True)
-    (out / "final.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "final.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not {"pretrained", "scratch"} <= results.keys():
+        return 0
     if args.plot:
         print(f"learning curves: {plot_curves(out, Path(args.plot))}")
     names = results["pretrained"]["class_names"]
