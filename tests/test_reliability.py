@@ -415,3 +415,26 @@ def test_api_deterministic_training_after_mkl_ran_is_bit_identical(synthetic_voc
     print(f"MKL reproducibility mode seen by the API runs: {cnr}")
     assert len(read_jsonl(tmp_path / "a" / "steps.jsonl")) == 6
     assert steps["a"] == steps["b"]  # every loss and lr, bit for bit (repr-exact floats)
+
+
+def test_validation_loader_workers_ignore_a_sigterm_to_the_group(synthetic_voc):
+    """The in-training validation loader's workers, like the training loader's, survive a SIGTERM
+    sent to the process group (the trainer alone handles it); a plain `fcnseg eval` loader's don't
+    need to. Without this, a scheduler's kill landing during validation crashed the run."""
+    import multiprocessing
+
+    from fcnseg.data.datasets import open_dataset
+    from fcnseg.data.transforms import eval_transforms
+    from fcnseg.engine.evaluate import make_eval_loader
+
+    ds = open_dataset(synthetic_voc, "val", transforms=eval_transforms())
+    loader = make_eval_loader(ds, batch_size=1, workers=1, device=torch.device("cpu"), persistent=True)
+    it = iter(loader)
+    next(it)  # the worker is up and initialised
+    (worker,) = multiprocessing.active_children()
+    os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert worker.is_alive()
+    assert sum(1 for _ in it) == len(ds) - 1  # and the loader goes on
+    assert sum(1 for _ in loader) == len(ds)  # next epoch, same persistent worker
+    del it, loader

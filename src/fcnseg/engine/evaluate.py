@@ -40,6 +40,7 @@ from fcnseg.data.transforms import eval_transforms, pad_collate
 from fcnseg.engine import distributed as D
 from fcnseg.engine.loader_errors import unwrapped_batches
 from fcnseg.engine.runtime import AMP_MODES, autocast, resolve_amp, resolve_device
+from fcnseg.engine.sampling import worker_init
 from fcnseg.engine.workers import default_workers, resolve_workers
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.infer.crf import dense_crf, require_pydensecrf
@@ -52,10 +53,16 @@ from fcnseg.plots import plot_confusion_matrix
 
 def make_eval_loader(ds: Dataset, *, batch_size: int, workers: int, device: torch.device,
                      persistent: bool = False) -> DataLoader:
-    """Sharded (under DDP), ordered, unpadded loader of full-size images with ``pad_collate``."""
+    """Sharded (under DDP), ordered, unpadded loader of full-size images with ``pad_collate``.
+
+    ``persistent``: the validation loader of a training run, whose workers, like the training
+    loader's, ignore SIGINT/SIGTERM (a signal to the process group mid-validation must reach
+    only the trainer, which saves a resumable checkpoint; see ``sampling.worker_init``).
+    """
     return DataLoader(ds, batch_size=batch_size, sampler=D.ShardSampler(len(ds)), num_workers=workers,
                       collate_fn=pad_collate, pin_memory=device.type == "cuda",
                       persistent_workers=persistent and workers > 0,
+                      worker_init_fn=worker_init if persistent else None,
                       # Own generator: creating the iterator must not draw from the global RNG
                       # (that would shift dropout streams and break exact resume).
                       generator=torch.Generator())
