@@ -11,35 +11,18 @@ from (each parameter's and buffer's storage and version counter), so repeated
 """
 from __future__ import annotations
 
-import itertools
 import os
 import weakref
 
 import numpy as np
 import torch
 
-from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference
+from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference, weights_key
 from fcnseg.precision import DTYPES, Choice, resolve_precision
 
 # model -> {(precision, device): (weights key, prepared copy)}; the copy shares no module
 # object with the model, so the weak key really lets a dropped model go.
 _PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def weights_key(model: torch.nn.Module) -> tuple | None:
-    """What identifies ``model``'s current weights: (storage, version, dtype, device) per tensor.
-
-    ``tensor._version`` grows with every in-place write (``copy_``, optimizer steps,
-    ``load_state_dict``); None when a tensor has no version counter (an inference tensor):
-    then nothing can be cached.
-    """
-    key = []
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        try:
-            key.append((t.data_ptr(), t._version, t.dtype, t.device))
-        except RuntimeError:  # inference tensors do not track versions
-            return None
-    return tuple(key)
 
 
 def prepared_model(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
