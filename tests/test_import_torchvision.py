@@ -143,7 +143,7 @@ def test_family_refuses_fcn_only_options():
         build_model("fcn_resnet50_dilated", width=8)
     with torch.device("meta"):
         m = build_model("fcn_resnet50_dilated")
-    with pytest.raises(ValueError, match="staged upgrade applies to the FCN-32s/16s/8s models only"):
+    with pytest.raises(ValueError, match="staged upgrade .*needs an FCN; fcn_resnet50_dilated is not one"):
         upgrade(m, "8s")
 
 

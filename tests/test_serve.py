@@ -158,6 +158,7 @@ def test_downloads_are_the_files_predict_writes(served, ckpts, tmp_path):
     labels = segmenter.segment(served[0], img).labels
     ours = segmenter.write_labels(labels, served[0], tmp_path / "ours.png")
     overlay = segmenter.write_overlay(img, labels, served[0], 0.4, tmp_path / "ours_overlay.png")
+    (tmp_path / "pred").mkdir()  # predict_file writes into an existing --out (fcnseg predict makes it)
     predict_file(load_runner(str(ckpts["alpha/best.pt"]), None, "cpu"), tmp_path / "photo.png",
                  Outputs(tmp_path / "pred", alpha=0.4))
     assert ours.read_bytes() == (tmp_path / "pred" / "photo.png").read_bytes()

