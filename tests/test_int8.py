@@ -144,3 +144,30 @@ def test_cli_int8_needs_calib_data_and_predict_runs_int8(trained_ckpt, shapes_da
     assert main(["predict", str(img), "--checkpoint", str(out), "--out", str(tmp_path / "p2"),
                  "--precision", "bf16"]) != 0
     assert "--precision bf16:" in capsys.readouterr().err and not (tmp_path / "p2").exists()
+
+
+def test_eval_precisions_and_int8_scores_match_a_manual_count(trained_ckpt, shapes_data, tmp_path):
+    from fcnseg.data.image_files import read_mask
+    from fcnseg.data.voc import VOCSegmentation
+    from fcnseg.engine.evaluate import run_eval
+
+    kw = dict(workers=0, device="cpu", progress=False)
+    fp32 = run_eval(str(trained_ckpt), str(shapes_data), **kw)
+    assert fp32["precision"] == "fp32" and "precision_choice" not in fp32
+    bf16 = run_eval(str(trained_ckpt), str(shapes_data), precision="bf16", **kw)
+    assert bf16["precision"] == "bf16"
+    assert abs(bf16["pixel_acc"] - fp32["pixel_acc"]) < 0.02
+    q = export_int8(trained_ckpt, tmp_path / "q.onnx", shapes_data, calib_images=8, min_agreement=0.9)
+    int8 = run_eval(str(q.path), str(shapes_data), precision="int8", **kw)
+    assert int8["precision"] == "int8"
+    # independent count: OnnxModel on each val image, pixels equal to the mask (255 ignored)
+    ds = VOCSegmentation(shapes_data, "val")
+    runner = OnnxModel(q.path)
+    right = total = 0
+    for i in range(len(ds)):
+        pred = runner(normalize(read_image(ds.image_path(i))))[0].argmax(0)
+        mask = read_mask(ds.mask_path(i), 4)
+        keep = mask != 255
+        right, total = right + int((pred[keep] == mask[keep]).sum()), total + int(keep.sum())
+    assert int8["pixel_acc"] == pytest.approx(right / total, abs=1e-9)
+    # (int8's accuracy against fp32 is judged on a trained CamVid model: benchmarks/precision_table.py)
