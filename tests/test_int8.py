@@ -4,14 +4,19 @@ against fp32 PyTorch; a quantisation that breaks the answer is refused and write
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fcnseg.api import load_model
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
-from fcnseg.data.image_files import read_image
+from fcnseg.data.image_files import read_image, read_mask
+from fcnseg.data.voc import VOCSegmentation
+from fcnseg.engine.evaluate import run_eval
 from fcnseg.engine.train import train
 from fcnseg.export import ExportCheckError, export_int8
 from fcnseg.infer.arrays import normalize
@@ -19,6 +24,9 @@ from fcnseg.infer.onnx_runner import META_INT8, OnnxModel
 from fcnseg.models import build_model
 from fcnseg.quantize import calibration_files, split_files
 from tests._engine_utils import tiny_cfg, torch_one_thread  # noqa: F401 (autouse fixture)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import precision_table  # noqa: E402
 
 pytest.importorskip("onnxruntime.quantization", reason="onnxruntime is not installed (pip install 'fcnseg[onnx]')")
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'fcnseg[onnx]')")
@@ -67,8 +75,6 @@ def test_int8_export_of_a_trained_fcn_agrees_with_fp32(trained_ckpt, shapes_data
     """A tiny net trained for seconds has many near-ties, so its overall agreement is below the
     99% a trained CamVid model must reach (benchmarks/precision_table.py measures that); here:
     where fp32 is decided by a clear margin, int8 must give the same class."""
-    from fcnseg.api import load_model
-
     out = tmp_path / "m-int8.onnx"
     res = export_int8(trained_ckpt, out, shapes_data, calib_images=8, check_images=8, min_agreement=0.9)
     assert out.is_file() and res.calibration_images == 8 and res.check_images == 8
@@ -147,10 +153,6 @@ def test_cli_int8_needs_calib_data_and_predict_runs_int8(trained_ckpt, shapes_da
 
 
 def test_eval_precisions_and_int8_scores_match_a_manual_count(trained_ckpt, shapes_data, tmp_path):
-    from fcnseg.data.image_files import read_mask
-    from fcnseg.data.voc import VOCSegmentation
-    from fcnseg.engine.evaluate import run_eval
-
     kw = dict(workers=0, device="cpu", progress=False)
     fp32 = run_eval(str(trained_ckpt), str(shapes_data), **kw)
     assert fp32["precision"] == "fp32" and "precision_choice" not in fp32
@@ -171,3 +173,23 @@ def test_eval_precisions_and_int8_scores_match_a_manual_count(trained_ckpt, shap
         right, total = right + int((pred[keep] == mask[keep]).sum()), total + int(keep.sum())
     assert int8["pixel_acc"] == pytest.approx(right / total, abs=1e-9)
     # (int8's accuracy against fp32 is judged on a trained CamVid model: benchmarks/precision_table.py)
+
+
+def test_precision_table_script_scores_every_path_against_the_same_fp32_run(trained_ckpt, shapes_data, tmp_path,
+                                                                           capsys):
+    """benchmarks/precision_table.py (its figures are the lead's to run): the fp32 row equals
+    `fcnseg eval` on the same images, the fp32 fast path and ONNX agree with it, int8 is scored."""
+    out = tmp_path / "t.json"
+    assert precision_table.main(["--checkpoint", str(trained_ckpt), "--data", str(shapes_data), "--threads", "1",
+                                 "--repeats", "1", "--latency-size", "32x48", "--calib-images", "8",
+                                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["path"]: r for r in doc["rows"]}
+    assert list(rows) == list(precision_table.PATHS)
+    ref = run_eval(str(trained_ckpt), str(shapes_data), workers=0, device="cpu", progress=False)
+    assert rows["fp32_eager"]["miou"] == pytest.approx(ref["miou"], abs=1e-12)
+    assert rows["fp32_eager"]["agreement_vs_fp32"] == 1.0
+    assert rows["fp32_fastpath"]["agreement_vs_fp32"] == 1.0 and rows["fp32_onnx"]["agreement_vs_fp32"] >= 0.999
+    assert 0.5 < rows["int8_onnx"]["agreement_vs_fp32"] <= 1.0
+    assert rows["int8_onnx"]["model_mb"] < 0.6 * rows["fp32_onnx"]["model_mb"]
+    assert doc["auto"]["precision"] in ("fp32", "bf16") and "precision auto here" in capsys.readouterr().out
