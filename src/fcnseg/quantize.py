@@ -92,25 +92,28 @@ def split_files(files: Sequence[Path], n_calib: int, n_check: int, seed: int = 0
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol: one normalised image per ``get_next``."""
+    """onnxruntime's CalibrationDataReader protocol: one normalised image per ``get_next``
+    (image files are read and normalised; arrays are taken as normalised (1, 3, H, W) inputs)."""
 
-    def __init__(self, files: Sequence[Path]):
-        self.files = list(files)
+    def __init__(self, items: Sequence[Path | np.ndarray]):
+        self.items = list(items)
         self.i = 0
 
     def get_next(self) -> dict | None:
-        if self.i >= len(self.files):
+        if self.i >= len(self.items):
             return None
-        x = normalize(read_image(self.files[self.i]))  # (1, 3, H, W) float32
+        item = self.items[self.i]
+        x = item if isinstance(item, np.ndarray) else normalize(read_image(item))  # (1, 3, H, W) float32
         self.i += 1
-        return {INPUT_NAME: x}
+        return {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
 
     def rewind(self) -> None:
         self.i = 0
 
 
-def quantize_onnx(fp32_bytes: bytes, calib: Sequence[Path]) -> bytes:
-    """The QDQ int8 model of an fp32 fcnseg ONNX graph, calibrated on the images ``calib``."""
+def quantize_onnx(fp32_bytes: bytes, calib: Sequence[Path | np.ndarray]) -> bytes:
+    """The QDQ int8 model of an fp32 fcnseg ONNX graph, calibrated on ``calib`` (image files, or
+    normalised (1, 3, H, W) float32 arrays)."""
     q = require("onnxruntime.quantization", "int8 export (fcnseg export --int8)")
     onnx = require("onnx", "int8 export")
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
