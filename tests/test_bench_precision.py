@@ -3,6 +3,8 @@ per phase (the high-water mark reset between phases). No timing asserts."""
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from fcnseg.bench.tables import format_tables
 from fcnseg.bench.timing import phase_peak_rss_mb, reset_phase_peak
 from fcnseg.precision import REPORTED_FLAGS
 from tests.test_bench import TINY
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import train_precision  # noqa: E402
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
@@ -67,3 +72,13 @@ def test_phase_peak_resets_after_a_big_allocation():
     assert reset_phase_peak()
     after = phase_peak_rss_mb()
     assert during - after > 150  # the next phase does not inherit the 200 MB peak
+
+
+def test_train_precision_script_runs_each_combination(capsys):
+    """benchmarks/train_precision.py's logic on a tiny net (the lead runs the figures)."""
+    assert train_precision.main(["--model", "fcn8s_small", "--model-arg", "width=8", "--crop", "32x48",
+                                 "--batch", "2", "--threads", "1", "--warmup", "1", "--repeats", "1",
+                                 "--optimizers", "adamw,adamw_foreach,adamw_fused", "--profile", "--rows", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("img/s median") == 6 and "--amp auto here: fp32: forced by" in out
+    assert "top ops of one step" in out
