@@ -130,6 +130,21 @@ def test_in_place_edit_of_a_fixed_upsampling_weight_is_used(layer):
     torch.testing.assert_close(dense, ref, rtol=0, atol=0)
 
 
+def test_kernels_refreshed_under_inference_mode_still_train():
+    """An edit noticed first by an evaluation (inference_mode) must not leave inference tensors
+    behind: the next training step saves the per-class kernel for backward."""
+    m = _fixed_fcn()
+    x = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        m.upscore8.weight.mul_(0.5)
+    with torch.inference_mode():
+        m(x)  # refreshes the cache here
+    assert not m._upscore8_per_class.is_inference()
+    m.train()
+    m(x).square().mean().backward()
+    assert m.score_fr.weight.grad is not None and torch.isfinite(m.score_fr.weight.grad).all()
+
+
 def test_in_place_upsampling_edit_matches_the_dense_transposed_conv():
     """Independent reference: the layer's own dense (C, C, k, k) ``nn.ConvTranspose2d`` (the path a
     learnable layer takes, which reads the weight directly and never the per-class cache)."""

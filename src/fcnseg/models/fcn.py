@@ -167,17 +167,20 @@ class FCN(nn.Module):
         """
         self._diagonal = set()
         self._diagonal_keys = {}
-        for name in (*(_UP_NAME[s] for s in self.strides[1:]), _FINAL_NAME[self.strides[-1]]):
-            self._diagonal_keys[name] = _tensor_key(getattr(self, name).weight)
-            w = getattr(self, name).weight.detach()
-            diag = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
-            if w.device.type != "meta":
-                off = w.clone()
-                off[torch.arange(w.shape[0]), torch.arange(w.shape[0])] = 0  # exact, unlike comparing sums
-                if bool(off.any()):
-                    continue  # a learned or loaded kernel that mixes classes: keep it dense
-            self.register_buffer(f"_{name}_per_class", diag.clone(), persistent=False)
-            self._diagonal.add(name)
+        # Normal tensors even when called from a forward under inference_mode (evaluation):
+        # a later training step saves this kernel for backward, which inference tensors refuse.
+        with torch.inference_mode(False), torch.no_grad():
+            for name in (*(_UP_NAME[s] for s in self.strides[1:]), _FINAL_NAME[self.strides[-1]]):
+                self._diagonal_keys[name] = _tensor_key(getattr(self, name).weight)
+                w = getattr(self, name).weight.detach()
+                diag = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
+                if w.device.type != "meta":
+                    off = w.clone()
+                    off[torch.arange(w.shape[0]), torch.arange(w.shape[0])] = 0  # exact, unlike comparing sums
+                    if bool(off.any()):
+                        continue  # a learned or loaded kernel that mixes classes: keep it dense
+                self.register_buffer(f"_{name}_per_class", diag.clone(), persistent=False)
+                self._diagonal.add(name)
 
     def _upsample(self, name: str, x: Tensor) -> Tensor:
         """Apply upsampling layer ``name``; a fixed per-class one runs as a grouped conv.
