@@ -33,10 +33,15 @@ from fcnseg.infer.arrays import normalize
 from fcnseg.infer.onnx_runner import OnnxModel
 from fcnseg.infer.torch_runner import prepared_model
 from fcnseg.metrics import ConfusionMatrix
+from fcnseg.optional import available
 from fcnseg.precision import auto_precision, reported_flags
+from fcnseg.quantize import calibration_files, split_files
 from fcnseg.sizes import parse_size
 
 PATHS = ("fp32_eager", "fp32_fastpath", "bf16_fastpath", "fp32_onnx", "int8_onnx")
+# Measured beside them when OpenVINO + NNCF are installed (pip install openvino nncf), to decide
+# which int8 tool fcnseg keeps (issue #11: one path, the fastest at equal accuracy).
+OPENVINO_PATHS = ("fp32_openvino", "int8_openvino")
 
 
 def build_runners(ckpt: str, data: str, tmp: Path, calib_images: int, threads: int,
@@ -66,7 +71,39 @@ def build_runners(ckpt: str, data: str, tmp: Path, calib_images: int, threads: i
             runners[path], sizes[path] = OnnxModel(res.path, threads=threads), res.path.stat().st_size
             notes[path] = (f"calibrated on {res.calibration_images} train images; export check "
                            f"{100 * res.agreement:.2f}% agreement on {res.check_images} held-out train images")
+        elif path in OPENVINO_PATHS:
+            onnx_path = tmp / "fp32.onnx"
+            if not onnx_path.exists():
+                export_onnx(ckpt, onnx_path)
+            runners[path], sizes[path], notes[path] = openvino_runner(onnx_path, path.startswith("int8"), data,
+                                                                      calib_images, threads, tmp)
     return runners, sizes, notes
+
+
+def openvino_runner(onnx_path: Path, int8: bool, data: str, calib_images: int, threads: int, tmp: Path):
+    """OpenVINO on the exported graph: fp32 (precision hint f32: exact), or int8 by NNCF's
+    post-training quantisation (``nncf.quantize``, calibrated on the same train images as int8_onnx)."""
+    import openvino as ov  # optional, measured only when installed (pip install openvino nncf)
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    note = "OpenVINO CPU plugin, inference precision f32"
+    if int8:
+        import nncf  # optional, as above
+
+        calib, _, _ = split_files(calibration_files(data, "train"), calib_images, 1)
+        inputs = [normalize(read_image(f)) for f in calib]  # (1, 3, H, W) each
+        model = nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs),
+                              preset=nncf.QuantizationPreset.PERFORMANCE)
+        note = f"NNCF {nncf.__version__} quantize (PERFORMANCE preset), calibrated on {len(inputs)} train images"
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    path = tmp / ("int8_ov.xml" if int8 else "fp32_ov.xml")
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+
+    def run(x):
+        return compiled(x)[0]
+    return run, size, f"{note}; OpenVINO {ov.__version__}"
 
 
 def measure(runners: dict, ds, num_classes: int, max_images: int | None = None) -> dict:
@@ -100,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--max-images", type=int, default=None, help="limit the images (smoke tests)")
-    p.add_argument("--paths", default=",".join(PATHS))
+    p.add_argument("--paths", default=None,
+                   help=f"comma-separated (default {','.join(PATHS)}, plus {','.join(OPENVINO_PATHS)} when "
+                        f"openvino and nncf are installed)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    paths = [s for s in args.paths.split(",") if s]
+    paths = ([s for s in args.paths.split(",") if s] if args.paths else
+             [*PATHS, *(OPENVINO_PATHS if available("openvino") and available("nncf") else ())])
     if paths[0] != "fp32_eager":
         paths = ["fp32_eager", *[s for s in paths if s != "fp32_eager"]]  # the reference comes first
     ds = open_dataset(args.data, args.split)
@@ -117,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
         latency = {p: time_callable(lambda fn=fn: fn(x), warmup=2, repeats=args.repeats).median_s
                    for p, fn in runners.items()}
-    choice = auto_precision("inference")
+    choice = auto_precision("inference", load_model(args.checkpoint))  # probed on this very model
     rows = [{"path": p, **scores[p], "latency_ms": 1e3 * latency[p],
              "speedup_vs_fp32_fastpath": latency.get("fp32_fastpath", latency["fp32_eager"]) / latency[p],
              "model_mb": sizes[p] / 1e6, "note": notes.get(p, "")} for p in runners]

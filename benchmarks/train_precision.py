@@ -42,11 +42,15 @@ def step_fn(model, opt, x, y, amp: str):
     return step
 
 
-def measure(args, amp: str, optimizer: str) -> dict:
+def build(args) -> torch.nn.Module:
     kwargs = dict(kv.split("=", 1) for kv in args.model_arg)
     kwargs = {k: (tuple(int(t) for t in v.split(",")) if "," in v else int(v) if v.isdigit() else v)
               for k, v in kwargs.items()}
-    model = random_model(args.model, args.classes, **kwargs).train()
+    return random_model(args.model, args.classes, **kwargs).train()
+
+
+def measure(args, amp: str, optimizer: str) -> dict:
+    model = build(args)
     h, w = parse_size(args.crop)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, h, w, generator=gen)
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(f"{args.model} {args.model_arg} crop {args.crop} batch {args.batch}, {args.threads} threads, "
           f"{'NCHW' if args.nchw else 'channels-last'}; CPU flags: {' '.join(reported_flags())}")
-    print(f"--amp auto here: {auto_precision('training').reason}")
     rows = [measure(args, amp, o) for amp in args.amps.split(",") for o in args.optimizers.split(",")]
+    print(f"--amp auto here: {auto_precision('training', build(args)).reason}")
     base = rows[0]["img_s_median"]
     for r in rows:
         print(f"amp {r['amp']:<5} {r['optimizer']:<14} {r['img_s_median']:7.2f} img/s median "

@@ -71,7 +71,7 @@ def test_override_wins_and_is_validated():
 def test_auto_is_probed_once_per_process_and_workload(unpinned, monkeypatch):
     calls = []
 
-    def fake_probe(workload):
+    def fake_probe(workload, model=None):
         calls.append(workload)
         return {"fp32": 1.0, "bf16": 0.5 if workload == "training" else 1.0}
 
@@ -186,3 +186,24 @@ def test_predict_prints_autos_choice_once(tmp_path, monkeypatch, capsys):
     assert main(["predict", str(img), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o2"),
                  "--precision", "fp32"]) == 0
     assert "precision" not in capsys.readouterr().out  # an explicit choice needs no explanation
+
+
+def test_model_probe_runs_the_model_itself_and_leaves_it_untouched(unpinned, monkeypatch):
+    """auto for a given model probes that architecture (cached per parameter layout), never
+    changes its weights, grads or BN statistics, and leaves the global RNG where it was."""
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    for workload in P.WORKLOADS:
+        times = P.probe_times(workload, model=model, repeats=1, size=(32, 48))
+        assert all(0 < t < 60 for t in times.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    calls = []
+    monkeypatch.setattr(P, "cpu_flags", lambda: AVX512_BF16)
+    monkeypatch.setattr(P, "probe_times", lambda w, model=None: calls.append(model) or {"fp32": 1.0, "bf16": 0.5})
+    P.auto_precision("inference", model)
+    P.auto_precision("inference", tiny_model(seed=3))  # same architecture, other weights: cached
+    P.auto_precision("inference", tiny_model(num_classes=4))  # another layout: probed
+    assert calls[0] is model and len(calls) == 2

@@ -20,6 +20,7 @@ a quantised model (``fcnseg export --int8``), which is int8 by construction.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -93,30 +94,43 @@ def decide(flags: frozenset[str], probe: Callable[[], dict[str, float]], *, marg
     times = probe()
     speedup = times["fp32"] / times["bf16"]
     if speedup >= margin:
-        return Choice("bf16", f"bf16: {speedup:.2f}x faster than fp32 in a {workload} probe "
+        return Choice("bf16", f"bf16: {speedup:.2f}x faster than fp32 in the {workload} probe "
                               f"({'+'.join(have)})", speedup, workload)
-    return Choice("fp32", f"fp32: bf16 only {speedup:.2f}x fp32 in a {workload} probe "
+    return Choice("fp32", f"fp32: bf16 only {speedup:.2f}x fp32 in the {workload} probe "
                           f"(needs >= {margin:.2f}x; {'+'.join(have)})", speedup, workload)
 
 
-_CACHE: dict[str, Choice] = {}
+_CACHE: dict[tuple, Choice] = {}
 
 
-def auto_precision(workload: str = "inference") -> Choice:
-    """:func:`decide` for this CPU, measured once per process and workload (then cached)."""
+def auto_precision(workload: str = "inference", model: nn.Module | None = None) -> Choice:
+    """:func:`decide` for this CPU, measured once per process, workload and architecture (then cached).
+
+    With ``model``, the probe runs that model itself (its fast path, or its training step, on a
+    small input): the answer is for the network that will run, not a stand-in. Without, a small
+    conv stack shaped like FCN's middle layers.
+    """
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     override = os.environ.get(ENV_OVERRIDE) or None
-    if override is None and workload in _CACHE:
-        return _CACHE[workload]
-    choice = decide(cpu_flags(), lambda: probe_times(workload), workload=workload, override=override)
+    key = (workload, _architecture_key(model))
+    if override is None and key in _CACHE:
+        return _CACHE[key]
+    choice = decide(cpu_flags(), lambda: probe_times(workload, model=model), workload=workload, override=override)
     if override is None:
-        _CACHE[workload] = choice
+        _CACHE[key] = choice
     return choice
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu",
-                      workload: str = "inference") -> tuple[str, Choice | None]:
+def _architecture_key(model: nn.Module | None) -> tuple | None:
+    """Models with the same parameter names and shapes run at the same speed: one probe serves all."""
+    if model is None:
+        return None
+    return (type(model).__name__, *((n, tuple(p.shape)) for n, p in model.named_parameters()))
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu", workload: str = "inference",
+                      model: nn.Module | None = None) -> tuple[str, Choice | None]:
     """A PyTorch model's precision for ``--precision`` on ``device``: (``fp32``|``bf16``, auto's Choice or None).
 
     ``auto`` on a GPU is fp32 (no probe). ``int8`` is a ConfigError here: it needs a
@@ -131,7 +145,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu",
         return precision, None
     if torch.device(device).type != "cpu":
         return "fp32", None
-    choice = auto_precision(workload)
+    choice = auto_precision(workload, model)
     return choice.precision, choice
 
 
@@ -144,37 +158,43 @@ class _ProbeNet(nn.Sequential):
                          nn.Conv2d(128, 128, 3, padding=1), nn.ReLU())
 
 
-def probe_times(workload: str = "inference", *, repeats: int = 5, size: tuple[int, int] = (96, 128),
-                batch: int = 1) -> dict[str, float]:
-    """Seconds per run of the probe net in fp32 and bf16 (min of ``repeats``, the two alternated).
+def probe_times(workload: str = "inference", *, model: nn.Module | None = None, repeats: int = 5,
+                size: tuple[int, int] = (96, 128), batch: int = 1) -> dict[str, float]:
+    """Seconds per run of the probe in fp32 and bf16 (min of ``repeats``, the two alternated).
 
+    The probe runs ``model`` (untouched: a copy is trained) or, without one, a small conv stack.
     ``inference``: the CPU fast path (:func:`~fcnseg.models.fastpath.optimize_for_cpu_inference`)
     in each dtype, as ``fcnseg predict`` runs it. ``training``: forward + backward, channels-last,
-    without and under bf16 autocast, as the trainer runs it (batch 2).
+    without and under bf16 autocast, as the trainer runs it (batch 2). The global RNG state is
+    left as it was (dropout draws inside the probe do not shift a run's random streams).
     """
-    g = torch.Generator().manual_seed(0)
-    net = _ProbeNet().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    x = torch.randn(batch if workload == "inference" else 2, 3, *size, generator=g)
-    if workload == "inference":
-        if fastpath_unavailable():  # eager fallback: bf16 eager is never the faster one
-            return {"fp32": 1.0, "bf16": float("inf")}
-        runs = {name: _inference_run(optimize_for_cpu_inference(net, size, dtype=dt), x)
-                for name, dt in DTYPES.items()}
-    else:
-        net = net.train().to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-        runs = {name: _training_run(net, x, dt) for name, dt in DTYPES.items()}
-    best = {name: float("inf") for name in runs}
-    for name, run in runs.items():
-        run()  # warm-up: oneDNN builds its kernels on the first call
-    for _ in range(repeats):
-        for name, run in runs.items():  # alternate, so a burst of load hits both
-            t0 = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - t0)
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(0)
+        if model is None:
+            net = _ProbeNet().eval()
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        else:
+            net = model.eval() if workload == "inference" else copy.deepcopy(model)
+        x = torch.randn(batch if workload == "inference" else 2, 3, *size, generator=g)
+        if workload == "inference":
+            if fastpath_unavailable():  # eager fallback: bf16 eager is never the faster one
+                return {"fp32": 1.0, "bf16": float("inf")}
+            runs = {name: _inference_run(optimize_for_cpu_inference(net, size, dtype=dt), x)
+                    for name, dt in DTYPES.items()}
+        else:
+            net = net.train().to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+            runs = {name: _training_run(net, x, dt) for name, dt in DTYPES.items()}
+        best = {name: float("inf") for name in runs}
+        for name, run in runs.items():
+            run()  # warm-up: oneDNN builds its kernels on the first call
+        for _ in range(repeats):
+            for name, run in runs.items():  # alternate, so a burst of load hits both
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 

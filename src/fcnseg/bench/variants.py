@@ -131,7 +131,7 @@ def prepare_variant(name: str, model: nn.Module, x: torch.Tensor, device: torch.
     if name == "int8_onnx":
         return _prepare_onnxruntime(model, x, device, threads, int8=True)
     if name == "auto":
-        choice = auto_precision("inference")
+        choice = auto_precision("inference", model)
         if fastpath_unavailable():
             raise VariantSkipped(fastpath_unavailable())
         m = optimize_for_cpu_inference(model, tuple(x.shape[-2:]), dtype=DTYPES[choice.precision])

@@ -225,7 +225,7 @@ def eval_model(checkpoint: str, ckpt: dict | None, num_classes: int, dev: torch.
             raise ConfigError(f"{checkpoint} predicts {runner.num_classes} classes but the data has {num_classes}")
         return OnnxAsModule(runner), None
     model = model_from_checkpoint(ckpt, num_classes=num_classes, source=str(checkpoint)).to(dev)
-    chosen, choice = resolve_precision(precision, dev)
+    chosen, choice = resolve_precision(precision, dev, model=model)
     if chosen == "bf16" and dev.type == "cpu":
         return prepared_model(model.eval(), "bf16"), choice
     return model, choice

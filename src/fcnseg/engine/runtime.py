@@ -50,12 +50,13 @@ def amp_from_name(name: str) -> torch.dtype | None:
     return dtypes[name]
 
 
-def resolve_amp(mode: str, device: torch.device, recorded: str | None = None) -> torch.dtype | None:
+def resolve_amp(mode: str, device: torch.device, recorded: str | None = None,
+                model: torch.nn.Module | None = None) -> torch.dtype | None:
     """The autocast dtype for ``--amp`` on ``device`` (None = full fp32).
 
     - ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 only where a short
-      training probe measures it >= 1.15x faster than fp32 (:func:`fcnseg.precision.auto_precision`;
-      the CPU flags only nominate bf16), else off. ``recorded`` (a resumed run's
+      training probe (``model``'s own training step when given) measures it >= 1.15x faster than
+      fp32 (:func:`fcnseg.precision.auto_precision`; the CPU flags only nominate bf16), else off. ``recorded`` (a resumed run's
       :func:`amp_name`) wins over a new measurement: a run never switches dtype midway.
     - ``bf16``: CPU or CUDA (autocast on CPU supports bf16 everywhere, fast with AMX).
     - ``fp16``: CUDA only (trained with a GradScaler).
@@ -71,7 +72,7 @@ def resolve_amp(mode: str, device: torch.device, recorded: str | None = None) ->
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type != "cpu":
             return None
-        return torch.bfloat16 if auto_precision("training").precision == "bf16" else None
+        return torch.bfloat16 if auto_precision("training", model).precision == "bf16" else None
     if mode == "fp16":
         if device.type != "cuda":
             raise ConfigError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 or --amp off")
@@ -97,7 +98,7 @@ def recorded_amp(resume_ckpt: dict | None, run_dir: Path) -> str | None:
     return resolved.get("amp_dtype") or "off" if "amp_dtype" in resolved else None
 
 
-def amp_choice(mode: str, device: torch.device, resumed: bool) -> str:
+def amp_choice(mode: str, device: torch.device, resumed: bool, model: torch.nn.Module | None = None) -> str:
     """Why the run trains in its dtype (config.json's ``resolved.amp_choice``)."""
     if mode != "auto":
         return f"--amp {mode}"
@@ -105,7 +106,7 @@ def amp_choice(mode: str, device: torch.device, resumed: bool) -> str:
         return "--amp auto: the dtype recorded when the run started (kept on resume)"
     if device.type != "cpu":
         return f"--amp auto on {device.type}"
-    return f"--amp auto: {auto_precision('training').reason}"
+    return f"--amp auto: {auto_precision('training', model).reason}"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -62,7 +62,7 @@ class TorchRunner:
         self.num_classes = int(getattr(model, "num_classes", None) or cfg["num_classes"])
         self.class_names = getattr(model, "class_names", None)
         self.palette = getattr(model, "palette", None)
-        self.precision, self.choice = resolve_precision(precision, self.device)
+        self.precision, self.choice = resolve_precision(precision, self.device, model=model)
         self.choice: Choice | None
         self._fast: torch.nn.Module | None = None  # the prepared copy last run (from the cache)
 
