@@ -33,7 +33,7 @@ from fcnseg.infer.arrays import normalize
 from fcnseg.infer.onnx_runner import OnnxModel
 from fcnseg.infer.torch_runner import prepared_model
 from fcnseg.metrics import ConfusionMatrix
-from fcnseg.optional import available
+from fcnseg.optional import available, require
 from fcnseg.precision import auto_precision, reported_flags
 from fcnseg.quantize import calibration_files, split_files
 from fcnseg.sizes import parse_size
@@ -83,14 +83,13 @@ def build_runners(ckpt: str, data: str, tmp: Path, calib_images: int, threads: i
 def openvino_runner(onnx_path: Path, int8: bool, data: str, calib_images: int, threads: int, tmp: Path):
     """OpenVINO on the exported graph: fp32 (precision hint f32: exact), or int8 by NNCF's
     post-training quantisation (``nncf.quantize``, calibrated on the same train images as int8_onnx)."""
-    import openvino as ov  # optional, measured only when installed (pip install openvino nncf)
+    ov = require("openvino", "the OpenVINO rows of precision_table.py")
 
     core = ov.Core()
     model = core.read_model(str(onnx_path))
     note = "OpenVINO CPU plugin, inference precision f32"
     if int8:
-        import nncf  # optional, as above
-
+        nncf = require("nncf", "the NNCF int8 row of precision_table.py")
         calib, _, _ = split_files(calibration_files(data, "train"), calib_images, 1)
         inputs = [normalize(read_image(f)) for f in calib]  # (1, 3, H, W) each
         model = nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs),
