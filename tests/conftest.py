@@ -16,6 +16,9 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 # against fp32 references, so auto is pinned to fp32 here. tests/test_precision.py unpins it.
 os.environ.setdefault("FCNSEG_PRECISION", "fp32")
 
+# A skip for a missing package fails the run when FCNSEG_REQUIRE_EXTRAS=1 (CI): tests/require_extras.py
+pytest_plugins = ["require_extras"]
+
 REPO = Path(__file__).resolve().parents[1]
 # CamVid in exact VOC layout, shared between checkouts: <repo>/../shared/data/camvid-voc
 CAMVID = REPO.parent / "shared" / "data" / "camvid-voc"

@@ -87,3 +87,34 @@ def test_ablation_report_and_comparison_include_unet(capsys, tmp_path):
     assert capsys.readouterr().out == ""  # no seed in common: nothing to compare
     ablation.plot(results, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_transfer_holdout_view_splits_train_by_sequence_and_never_touches_val(tmp_path):
+    import camvid_transfer as transfer
+
+    data = tmp_path / "camvid"
+    sets = data / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    for name in ("JPEGImages", "SegmentationClass"):
+        (data / name).mkdir()
+    (data / "class_names.txt").write_text("a\nb\n")
+    train = ["0001TP_006690", "0001TP_006720", "0006R0_f00930", "0016E5_00390"]
+    (sets / "train.txt").write_text("\n".join(train) + "\n")
+    (sets / "val.txt").write_text("0016E5_07959\n")
+    view = transfer.holdout_view(data, tmp_path / "out")
+    vsets = view / "ImageSets" / "Segmentation"
+    assert (vsets / "holdout.txt").read_text().split() == train[:2]  # the whole 0001TP sequence
+    assert (vsets / "trainsub.txt").read_text().split() == train[2:]
+    assert not (vsets / "val.txt").exists()  # the selection cannot read val
+    assert (view / "JPEGImages").resolve() == (data / "JPEGImages").resolve()
+
+
+def test_transfer_scratch_and_pretrained_differ_only_in_the_weights():
+    import camvid_transfer as transfer
+
+    kw = dict(train_split="train", val_split="val", val_every=5)
+    pre = transfer.command(Path("d"), Path("r"), {"--bn": "frozen"}, 25, 30.0, pretrained=True, **kw)
+    scr = transfer.command(Path("d"), Path("r"), {"--bn": "frozen"}, 25, 30.0, pretrained=False, **kw)
+    i = pre.index("--backbone-weights")
+    assert pre[i + 1] == "imagenet" and pre[:i] + pre[i + 2:] == scr
+    assert pre[pre.index("--bn") + 1] == "frozen" and pre[pre.index("--max-minutes") + 1] == "30.0"

@@ -47,14 +47,22 @@ def unwrap_worker_error(exc: BaseException) -> BaseException:
 
 
 def unwrapped_batches(loader: Iterable[T]) -> Iterator[T]:
-    """Iterate ``loader``; an FcnsegError from a worker is re-raised with its original message."""
+    """Iterate ``loader``; an FcnsegError from a worker is re-raised with its original message.
+
+    On any error the loader's workers are shut down first: they ignore SIGTERM (see
+    :func:`fcnseg.engine.sampling.worker_init`), so multiprocessing's exit-time terminate-and-join
+    of live (persistent) workers would otherwise wait for them forever.
+    """
     it = iter(loader)
     while True:
         try:
             batch = next(it)
         except StopIteration:
             return
-        except FcnsegError as e:
+        except BaseException as e:
+            shut_down_workers(loader, it)
+            if not isinstance(e, FcnsegError):
+                raise
             original = unwrap_worker_error(e)
             if original is e:
                 raise
@@ -62,4 +70,15 @@ def unwrapped_batches(loader: Iterable[T]) -> Iterator[T]:
         yield batch
 
 
-__all__ = ["unwrap_worker_error", "unwrapped_batches"]
+def shut_down_workers(loader: object, it: object | None = None) -> None:
+    """Stop the worker processes of ``loader``'s iterator ``it`` (default: the one a persistent
+    loader keeps); a no-op for other iterables and for loaders without live workers."""
+    it = getattr(loader, "_iterator", None) if it is None else it
+    shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
+    if callable(shutdown):
+        shutdown()
+    if getattr(loader, "_iterator", None) is it:  # a persistent loader must not reuse it
+        loader._iterator = None  # type: ignore[attr-defined]
+
+
+__all__ = ["shut_down_workers", "unwrap_worker_error", "unwrapped_batches"]

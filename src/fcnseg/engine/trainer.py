@@ -24,7 +24,7 @@ from fcnseg.data.transforms import eval_transforms, pad_collate, train_transform
 from fcnseg.engine import distributed as D
 from fcnseg.engine.config import TrainConfig, check_resume_compatible
 from fcnseg.engine.evaluate import evaluate, make_eval_loader
-from fcnseg.engine.loader_errors import unwrapped_batches
+from fcnseg.engine.loader_errors import shut_down_workers, unwrapped_batches
 from fcnseg.engine.finetune import set_backbone_mode
 from fcnseg.engine.losses import load_class_weights, median_frequency_weights, pixel_frequencies, segmentation_loss
 from fcnseg.engine.model_setup import initial_model
@@ -109,14 +109,21 @@ class Trainer:
 
         self.sampler = ResumableSampler(len(self.train_ds), seed=cfg.seed, rank=self.rank, world_size=self.world)
         workers = cfg.workers
+        # A last batch of one image would make BatchNorm fail wherever a map is 1x1 (small crops)
+        # and gives a noisy step anyway: it is left out (a different image each epoch: the shuffle).
+        drop_last = cfg.batch_size > 1 and self.sampler.shard_len % cfg.batch_size == 1
+        if drop_last:
+            D.log_main(f"note: {self.sampler.shard_len} training images per epoch in batches of {cfg.batch_size}: "
+                       f"the last one-image batch of each epoch is left out (BatchNorm needs 2 samples)")
         self.loader = DataLoader(
             SeededDataset(self.train_ds), batch_size=cfg.batch_size, sampler=self.sampler,
             num_workers=workers, collate_fn=pad_collate, pin_memory=dev.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-            worker_init_fn=worker_init, generator=torch.Generator())
+            worker_init_fn=worker_init, generator=torch.Generator(), drop_last=drop_last)
         self.val_loader = make_eval_loader(self.val_ds, batch_size=cfg.val_batch_size, workers=min(workers, 2),
                                            device=dev, persistent=True)
-        self.steps_per_epoch = math.ceil(self.sampler.shard_len / cfg.batch_size)
+        self.steps_per_epoch = (self.sampler.shard_len // cfg.batch_size if drop_last
+                                else math.ceil(self.sampler.shard_len / cfg.batch_size))
         self.total_steps = cfg.iters or cfg.epochs * self.steps_per_epoch
         self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
@@ -222,6 +229,12 @@ class Trainer:
                     if done or (epoch_done and p.epoch % cfg.val_every == 0):
                         self._validate()
                     self._save_last(completed=done)
+        except BaseException:
+            # Persistent workers ignore SIGTERM (sampling.worker_init): stop them here, or the
+            # interpreter's exit would wait for them forever.
+            shut_down_workers(self.loader)
+            shut_down_workers(self.val_loader)
+            raise
         finally:
             if self.steps_file is not None:
                 self.steps_file.close()
