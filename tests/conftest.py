@@ -12,6 +12,9 @@ from PIL import Image
 # Bit-exact comparisons between runs in this process need MKL's reproducible mode, set before
 # MKL's first call (see fcnseg.engine.rng.reproducible_mkl).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# `--precision auto` measures the CPU and may pick bf16 (fcnseg.precision); tests compare
+# against fp32 references, so auto is pinned to fp32 here. tests/test_precision.py unpins it.
+os.environ.setdefault("FCNSEG_PRECISION", "fp32")
 
 # A skip for a missing package fails the run when FCNSEG_REQUIRE_EXTRAS=1 (CI): tests/require_extras.py
 pytest_plugins = ["require_extras"]

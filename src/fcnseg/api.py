@@ -49,20 +49,23 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
 
 def segment(model, image: Any, *, return_probs: bool = False, tile: int | str | None = None,
-            overlap: int | None = None, crf: bool | dict = False):
+            overlap: int | None = None, crf: bool | dict = False, precision: str = "auto"):
     """Segment one image at its own size, or each image of a list.
 
     ``image``: PIL image, uint8 (H, W, 3) array or a path. ``tile``: None (whole image),
     an int tile size (``overlap`` default tile/4), or ``"auto"`` (tiles only above a pixel
     budget; bounded memory for huge images). ``crf``: True or a dict of
-    :func:`fcnseg.infer.crf.dense_crf` keywords. Returns labels ``np.uint8 (H, W)``, or
+    :func:`fcnseg.infer.crf.dense_crf` keywords. ``precision``: ``auto`` (default: bf16 where a
+    short probe measures it faster on this CPU, else fp32; see :mod:`fcnseg.precision`),
+    ``fp32``, ``bf16``, or ``int8`` for a model exported with ``fcnseg export --int8``. The
+    prepared fast path is cached per model and rebuilt when its weights change. Returns labels ``np.uint8 (H, W)``, or
     ``(labels, probs float32 (C, H, W))`` with ``return_probs``.
 
     A list (or tuple) of such images, or a uint8 array (B, H, W, 3), gives a list of those
     results in the same order. The images may differ in size: each is segmented on its own,
     one after the other (no batching, so the results equal single calls exactly).
     """
-    kwargs = dict(return_probs=return_probs, tile=tile, overlap=overlap, crf=crf)
+    kwargs = dict(return_probs=return_probs, tile=tile, overlap=overlap, crf=crf, precision=precision)
     images = as_image_list(image)
     if images is not None:
         return [segment(model, im, **kwargs) for im in images]

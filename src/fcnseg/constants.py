@@ -27,3 +27,6 @@ VOC_CLASSES = [
 
 # The "format" entry of an fcnseg checkpoint (see fcnseg.checkpoint).
 CHECKPOINT_FORMAT = "fcnseg-checkpoint"
+
+# `--precision` values (predict, segment(), eval, bench); what auto picks: fcnseg.precision.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")

@@ -25,6 +25,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "pydensecrf": ("pydensecrf2", "crf"),
     "scipy": ("scipy", "sbd"),
     "safetensors": ("safetensors", "safetensors"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "openvino"),
 }
 
 

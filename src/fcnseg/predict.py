@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fcnseg.constants import IMAGE_SUFFIXES
+from fcnseg.constants import IMAGE_SUFFIXES, PRECISIONS as PRECISION_CHOICES
 from fcnseg.data.image_files import read_image, read_mask, write_palette_png
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.infer import visualize
 from fcnseg.infer.crf import require_pydensecrf
 from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.runner import check_runner_precision
 from fcnseg.infer.segment import AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, default_overlap, segment_array
 from fcnseg.labels import class_names_or_default
 from fcnseg.output_set import OutputSet, is_complete
@@ -65,6 +66,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: onnx for a .onnx model, else torch")
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto (default: bf16 where a short probe measures it faster on this CPU, else fp32), "
+                        "fp32, bf16, or int8 (a model from `fcnseg export --int8`)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip inputs whose outputs are all in --out already (e.g. to finish an interrupted "
@@ -99,7 +103,10 @@ def cli_main(args: argparse.Namespace) -> int:
         detail = "; ".join(f"{n}: {r}" for n, r in failures)
         raise ConfigError(f"no input images found ({detail}); give image files, folders or globs")
     _check_unique_stems(files)
-    model = load_runner(args.checkpoint, args.runtime, args.device)
+    model = load_runner(args.checkpoint, args.runtime, args.device, precision=args.precision)
+    choice = getattr(model, "choice", None)
+    if choice is not None:  # auto decided by measurement: say what and why, once
+        print(f"fcnseg predict: precision {choice.reason}")
     if args.crf:
         require_pydensecrf()  # fail before any work, not on the first image
     new_dirs = _missing_dirs(Path(args.out))  # what prepare_output_dir creates: removed if nothing is written
@@ -198,8 +205,12 @@ def predict_file(model, path: Path, opts: Outputs) -> None:
         files.discard()
 
 
-def load_runner(path: str, runtime: str | None, device: str):
-    """The model to run: an OnnxModel (no torch) or a TorchRunner over the checkpoint."""
+def load_runner(path: str, runtime: str | None, device: str, precision: str = "auto"):
+    """The model to run: an OnnxModel (no torch) or a TorchRunner over the checkpoint.
+
+    ``precision`` (:data:`PRECISION_CHOICES`): an ONNX model computes in the precision it was
+    exported in (ConfigError if another is asked); a checkpoint runs in ``precision``.
+    """
     path_ = Path(path)
     is_onnx = path_.suffix.lower() == ".onnx"
     runtime = runtime or ("onnx" if is_onnx else "torch")
@@ -207,14 +218,16 @@ def load_runner(path: str, runtime: str | None, device: str):
         if not is_onnx:
             raise ConfigError(f"--runtime onnx needs a .onnx model, got {path}; create one with "
                               f"`fcnseg export --checkpoint {path} --out model.onnx`")
-        return OnnxModel(path_, device=device)
+        onnx_model = OnnxModel(path_, device=device)
+        check_runner_precision(onnx_model, precision)
+        return onnx_model
     if is_onnx:
         raise ConfigError(f"{path} is an ONNX model; run it with --runtime onnx (or give a .pt checkpoint)")
     # Lazy: the torch stack loads only for a torch checkpoint (the ONNX path never imports torch).
     from fcnseg.api import load_model
     from fcnseg.infer.torch_runner import TorchRunner
 
-    return TorchRunner(load_model(path_, device=device))
+    return TorchRunner(load_model(path_, device=device), precision=precision)
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

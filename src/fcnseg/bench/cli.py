@@ -52,7 +52,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scaling-sizes", default=None, help="square sizes (default 256,512,1024; quick 256,512)")
     p.add_argument("--scaling-variant", default="fp32", help="variant timed in the scaling section (default fp32)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats and variants (fp32, fastpath, bf16_autocast), smaller scaling sizes")
+                   help="fewer repeats and variants (fp32, fastpath, bf16_autocast, auto), smaller scaling sizes")
     p.add_argument("--json", metavar="PATH", default=None, help="write the full result as JSON")
 
 

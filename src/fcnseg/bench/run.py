@@ -13,9 +13,10 @@ from fcnseg.bench.fixtures import torchvision_fcn_resnet50
 from fcnseg.bench.sections import (bench_inference, bench_loader, bench_metrics, bench_peak, bench_scaling,
                                    bench_train)
 from fcnseg.bench.targets import TORCHVISION_NAME, judge_targets, target_values
-from fcnseg.bench.timing import environment, loadavg, peak_rss_mb
+from fcnseg.bench.timing import environment, loadavg, peak_rss_mb, phase_peak_rss_mb, reset_phase_peak
 from fcnseg.bench.variants import CAFFE_VARIANTS, RUNTIME_VARIANTS, TORCHVISION_VARIANTS, VariantSkipped
 from fcnseg.errors import ConfigError
+from fcnseg.precision import auto_precision
 
 SCHEMA = "fcnseg-bench/1"
 
@@ -39,8 +40,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                     "weights": "random, He-initialised convolutions (speed does not depend on values)",
                     "peak_rss": []}
 
+    # Peak RSS per phase: the high-water mark is reset before each phase (VmHWM via clear_refs),
+    # so each row is that phase's own peak, not the process-wide maximum.
+    reset = [reset_phase_peak()]
+
     def rss(stage: str) -> None:
-        result["peak_rss"].append({"after": stage, **peak_rss_mb()})
+        result["peak_rss"].append({"after": stage, "phase_peak_mb": phase_peak_rss_mb(), "phase_reset": reset[0],
+                                   **peak_rss_mb()})
+        reset[0] = reset_phase_peak()
+
+    result["auto_precision"] = {w: auto_precision(w).as_dict() for w in ("inference", "training")}
+    log(f"[auto] CPU flags {' '.join(result['environment']['cpu_flags']) or '-'}; --precision auto: "
+        f"{result['auto_precision']['inference']['reason']}; --amp auto: {result['auto_precision']['training']['reason']}")
 
     try:
         peak = None

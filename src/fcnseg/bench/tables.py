@@ -60,7 +60,12 @@ def format_tables(result: dict) -> str:
             fit = g["fit_ms_vs_megapixels"]
             lines.append(f"  {geometry:6s} {pts}" + (f"; {fit['slope']:.0f} ms/Mpx + {fit['intercept']:.0f} ms, "
                                                      f"R^2 {fit['r2']:.4f}" if fit else ""))
-    lines += ["", "Peak RSS (MB): " + ", ".join(f"{p['after']}: {p['self_mb']:.0f}" for p in result["peak_rss"])]
+    lines += ["", "Peak RSS per phase (MB" + ("" if all(p.get("phase_reset") for p in result["peak_rss"])
+                                              else "; where unresettable: process peak so far") + "): "
+              + ", ".join(f"{p['after']}: {p.get('phase_peak_mb', p['self_mb']):.0f}" for p in result["peak_rss"])]
+    if result.get("auto_precision"):
+        lines += [f"--precision auto: {result['auto_precision']['inference']['reason']}",
+                  f"--amp auto: {result['auto_precision']['training']['reason']}"]
     if result.get("targets"):
         lines += ["", "Targets:"]
         for t in result["targets"]:

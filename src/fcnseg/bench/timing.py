@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from fcnseg.optional import available
+from fcnseg.precision import reported_flags
 
 # CPU flags worth knowing for these kernels (oneDNN/MKL pick their code paths from them).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -163,6 +164,7 @@ def environment(device: torch.device, threads: int) -> dict:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "mkl": torch.backends.mkl.is_available(),
         "cpu": cpu,
+        "cpu_flags": reported_flags(),  # what --precision auto narrows its candidates by
         "device": str(device),
         "device_name": cpu["model"],
         "loadavg_1m": loadavg(),
@@ -195,6 +197,30 @@ def peak_rss_mb() -> dict:
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024
     return {"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
             "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale}
+
+
+def reset_phase_peak() -> bool:
+    """Start a new peak-RSS phase: reset this process's high-water mark (``VmHWM``) by writing 5
+    to ``/proc/self/clear_refs`` (Linux >= 4.0). False where that is not possible: the phase
+    peak is then the process-wide maximum so far (``phase_reset`` records which)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def phase_peak_rss_mb() -> float:
+    """This process's peak RSS since :func:`reset_phase_peak` (``VmHWM``), else since it started."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return peak_rss_mb()["self_mb"]
 
 
 def fit_linear(xs: list[float], ys: list[float]) -> dict:

@@ -22,6 +22,8 @@ from torch import nn
 from fcnseg.errors import FcnsegError
 from fcnseg.export import export_model
 from fcnseg.models.fastpath import fastpath_unavailable, optimize_for_cpu_inference
+from fcnseg.precision import DTYPES, auto_precision
+from fcnseg.quantize import quantize_onnx
 from fcnseg.optional import available, install_hint
 
 
@@ -54,8 +56,13 @@ RUNTIME_VARIANTS: dict[str, Variant] = {v.name: v for v in (
        "torch.compile (inductor; CPU: fp32 with freezing=True; CUDA: AMP fp16, channels-last)"),
     _V("onnxruntime", ("cpu", "cuda"), {"cpu": "fp32", "cuda": "fp32"},
        "fcnseg.export ONNX (opset 18) on onnxruntime, intra-op threads = --threads"),
+    _V("int8_onnx", ("cpu",), {"cpu": "fp32"},
+       "fcnseg export --int8: onnxruntime quantize_static QDQ (calibrated on the example batch), intra-op "
+       "threads = --threads; compared with the fp32 peak (int8 has no matmul peak row)"),
+    _V("auto", ("cpu",), {"cpu": "fp32"},
+       "--precision auto: the fast path in the precision the measured probe chose (fcnseg.precision)"),
 )}
-QUICK_VARIANTS = {"cpu": ("fp32", "fastpath", "bf16_autocast"), "cuda": ("fp32", "amp_fp16", "amp_fp16_cl")}
+QUICK_VARIANTS = {"cpu": ("fp32", "fastpath", "bf16_autocast", "auto"), "cuda": ("fp32", "amp_fp16", "amp_fp16_cl")}
 # The caffe geometry runs only these (it is there to compare geometries, not runtimes):
 # the default path, and the fast path, whose small fixed costs let the FLOP ratio show.
 CAFFE_VARIANTS = ("fp32", "fastpath")
@@ -121,6 +128,14 @@ def prepare_variant(name: str, model: nn.Module, x: torch.Tensor, device: torch.
         return _prepare_compile(model, x, device)
     if name == "onnxruntime":
         return _prepare_onnxruntime(model, x, device, threads)
+    if name == "int8_onnx":
+        return _prepare_onnxruntime(model, x, device, threads, int8=True)
+    if name == "auto":
+        choice = auto_precision("inference", model)
+        if fastpath_unavailable():
+            raise VariantSkipped(fastpath_unavailable())
+        m = optimize_for_cpu_inference(model, tuple(x.shape[-2:]), dtype=DTYPES[choice.precision])
+        return Prepared(lambda: m(x).float(), time.perf_counter() - t0, [f"auto chose {choice.reason}"])
     raise ValueError(f"unknown variant {name!r}")
 
 
@@ -173,9 +188,11 @@ def _prepare_compile(model: nn.Module, x: torch.Tensor, device: torch.device) ->
                     cleanup=torch._dynamo.reset)
 
 
-def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, device: torch.device, threads: int) -> Prepared:
+def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, device: torch.device, threads: int,
+                         int8: bool = False) -> Prepared:
     """Export with :func:`fcnseg.export.export_model` (checked against PyTorch) and run with
-    onnxruntime, ``intra_op_num_threads`` = ``threads``."""
+    onnxruntime, ``intra_op_num_threads`` = ``threads``; ``int8``: quantised first
+    (:func:`fcnseg.quantize.quantize_onnx`, calibrated on the images of ``x``)."""
     if not available("onnxruntime"):
         raise VariantSkipped(f"onnxruntime is not installed ({install_hint('onnxruntime')})")
     import onnxruntime as ort  # optional dependency (checked just above): only this variant needs it
@@ -195,11 +212,15 @@ def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, device: torch.device
                 exported = export_model(cpu_model, path, metadata={}, opset=18)
         except FcnsegError as e:  # export or its onnxruntime-vs-PyTorch check failed
             raise VariantSkipped(f"ONNX export failed: {str(e)[:300]}") from None
+        model_bytes = path.read_bytes()
+        if int8:
+            xs = [xi[None] for xi in x.detach().float().cpu().numpy()]  # (1, 3, H, W) each
+            model_bytes = quantize_onnx(model_bytes, xs)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(model_bytes, opts, providers=providers)
     xn = x.detach().cpu().numpy()
 
     def run() -> torch.Tensor:

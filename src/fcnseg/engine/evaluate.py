@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
-from fcnseg.constants import IGNORE_INDEX
+from fcnseg.constants import IGNORE_INDEX, PRECISIONS
 from fcnseg.data.datasets import open_dataset
 from fcnseg.data.image_files import read_image, read_mask
 from fcnseg.data.mask_255 import MODES as MASK_255_MODES
@@ -44,11 +44,15 @@ from fcnseg.engine.sampling import worker_init
 from fcnseg.engine.workers import default_workers, resolve_workers
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.infer.crf import dense_crf, require_pydensecrf
+from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.runner import check_runner_precision
 from fcnseg.infer.segment import segment_array
+from fcnseg.infer.torch_runner import prepared_model
 from fcnseg.jsonl import json_safe
 from fcnseg.metrics import BoundaryF1, ConfusionMatrix, format_table
 from fcnseg.outputs import atomic_write_text, prepare_output_dir
 from fcnseg.plots import plot_confusion_matrix
+from fcnseg.precision import resolve_precision
 
 
 def make_eval_loader(ds: Dataset, *, batch_size: int, workers: int, device: torch.device,
@@ -198,18 +202,55 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", default="auto", choices=AMP_MODES,
                    help="mixed precision: auto (bf16/fp16 on GPU, bf16 on CPUs with AMX), off, bf16, fp16")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default: exact scores), bf16 (CPU fast path in bf16), auto (what predict's "
+                        "auto picks here), or int8 (a .onnx model from `fcnseg export --int8`)")
+
+
+class OnnxAsModule(torch.nn.Module):
+    """An exported model (fp32 or int8 ONNX, run by onnxruntime) behind evaluate()'s module interface."""
+
+    def __init__(self, runner: OnnxModel):
+        super().__init__()
+        self.runner = runner
+        self.num_classes = runner.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H, W) logits
+        return torch.from_numpy(self.runner(x.float().cpu().numpy()))
+
+
+def eval_model(checkpoint: str, ckpt: dict | None, num_classes: int, dev: torch.device, precision: str):
+    """The module ``fcnseg eval`` runs for ``--precision``, and auto's Choice (or None).
+
+    fp32: the checkpoint's model, eager (exact). bf16/auto on CPU: its prepared fast path in the
+    chosen precision. A .onnx file: onnxruntime (its own precision: int8 for ``export --int8``).
+    """
+    if ckpt is None:  # an exported model
+        runner = OnnxModel(checkpoint)
+        check_runner_precision(runner, precision)
+        if runner.num_classes != num_classes:
+            raise ConfigError(f"{checkpoint} predicts {runner.num_classes} classes but the data has {num_classes}")
+        return OnnxAsModule(runner), None
+    model = model_from_checkpoint(ckpt, num_classes=num_classes, source=str(checkpoint)).to(dev)
+    chosen, choice = resolve_precision(precision, dev, model=model)
+    if chosen == "bf16" and dev.type == "cpu":
+        return prepared_model(model.eval(), "bf16"), choice
+    return model, choice
 
 
 def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False, out: str | None = None,
              overwrite: bool = False, batch_size: int = 1, workers: int | None = None, device: str = "auto",
              amp: str = "auto", channels_last: bool = False, progress: bool = True,
-             mask_255: str | None = None) -> dict:
+             mask_255: str | None = None, precision: str = "fp32") -> dict:
     """Load ``checkpoint`` safely, evaluate it on ``data``/``split``; write files to ``out``.
 
     ``mask_255`` ("ignore" or "class", see :mod:`fcnseg.data.mask_255`) defaults to the
-    value the checkpoint was trained with.
+    value the checkpoint was trained with. ``precision``: see :func:`eval_model` (``checkpoint``
+    may be a ``.onnx`` file). On CPU, ``amp="auto"`` means full precision: eval's scores are exact
+    unless a precision is asked for.
 
-    Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint`` and ``split``.
+    Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint``, ``split`` and ``precision``
+    (with ``precision_choice``, auto's reason, when auto decided).
     """
     workers = resolve_workers(workers)  # None -> usable CPUs - 1
     if batch_size < 1 or workers < 0:
@@ -230,20 +271,26 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
         err = D.broadcast_object(err)  # every rank stops on rank 0's error (no hang)
         if err:
             raise ConfigError(err)
-    ckpt = load_checkpoint(checkpoint)  # safe load (weights_only: a malicious pickle is refused)
-    if mask_255 is None:  # as trained
+    is_onnx = Path(checkpoint).suffix.lower() == ".onnx"
+    # safe load (weights_only: a malicious pickle is refused)
+    ckpt = None if is_onnx else load_checkpoint(checkpoint)
+    if mask_255 is None and ckpt is not None:  # as trained
         mask_255 = (ckpt.get("config") or {}).get("mask_255")
     ds = open_dataset(data, split, transforms=eval_transforms(), mask_255=mask_255)
     # The class count must match the data.
-    model = model_from_checkpoint(ckpt, num_classes=ds.num_classes, source=str(checkpoint))
+    model, choice = eval_model(checkpoint, ckpt, ds.num_classes, dev, precision)
     del ckpt
-    model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loader = make_eval_loader(ds, batch_size=batch_size, workers=workers, device=dev)
-    result = evaluate(model, loader, ds.num_classes, dev, amp_dtype=resolve_amp(amp, dev),
+    amp_dtype = None if (dev.type == "cpu" and amp == "auto") or precision != "fp32" else resolve_amp(amp, dev)
+    result = evaluate(model, loader, ds.num_classes, dev, amp_dtype=amp_dtype,
                       channels_last=channels_last, bf=bf, progress=progress)
-    result.update(class_names=list(ds.class_names), checkpoint=str(checkpoint), split=split)
+    result.update(class_names=list(ds.class_names), checkpoint=str(checkpoint), split=split,
+                  precision=getattr(getattr(model, "runner", None), "precision", None)
+                  or (choice.precision if choice else precision))
+    if choice is not None:
+        result["precision_choice"] = choice.reason
     if out_dir is not None and info.is_main:
         atomic_write_text(out_dir / "eval.json", to_json(result) + "\n")
         plot_confusion_matrix(result["confusion_matrix"], ds.class_names, out_dir / "confusion_matrix.png",
@@ -256,7 +303,7 @@ def cli_main(args: argparse.Namespace) -> int:
         result = run_eval(args.checkpoint, args.data, args.split, bf=args.bf, out=args.out,
                           overwrite=args.overwrite, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, channels_last=args.channels_last,
-                          progress=not args.json, mask_255=args.mask_255)
+                          progress=not args.json, mask_255=args.mask_255, precision=args.precision)
         if D.is_main_process():
             if args.json:
                 print(to_json(result))

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
+from pathlib import Path
 
 import torch
 
 from fcnseg.errors import ConfigError
+from fcnseg.precision import auto_precision
 from fcnseg.version import __version__, git_describe
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -34,17 +37,27 @@ def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> 
     return device
 
 
-def _cpu_has_fast_bf16() -> bool:
-    # AMX tiles make bf16 convolutions much faster than fp32; without them (AVX512-BF16 or
-    # less) bf16 autocast on CPU is roughly break-even or slower, so `auto` keeps fp32.
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(amx and amx())
+def amp_name(dtype: torch.dtype | None) -> str:
+    """How a run records its autocast dtype: ``bfloat16``, ``float16`` or ``off``."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "off"
 
 
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+def amp_from_name(name: str) -> torch.dtype | None:
+    """The inverse of :func:`amp_name` (what a resumed run reads back from its checkpoint)."""
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "off": None}
+    if name not in dtypes:
+        raise ConfigError(f"recorded amp dtype {name!r} is not one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def resolve_amp(mode: str, device: torch.device, recorded: str | None = None,
+                model: torch.nn.Module | None = None) -> torch.dtype | None:
     """The autocast dtype for ``--amp`` on ``device`` (None = full fp32).
 
-    - ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 only with AMX, else off.
+    - ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 only where a short
+      training probe (``model``'s own training step when given) measures it >= 1.15x faster than
+      fp32 (:func:`fcnseg.precision.auto_precision`; the CPU flags only nominate bf16), else off. ``recorded`` (a resumed run's
+      :func:`amp_name`) wins over a new measurement: a run never switches dtype midway.
     - ``bf16``: CPU or CUDA (autocast on CPU supports bf16 everywhere, fast with AMX).
     - ``fp16``: CUDA only (trained with a GradScaler).
     """
@@ -53,9 +66,13 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "off":
         return None
     if mode == "auto":
+        if recorded is not None:
+            return amp_from_name(recorded)
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if _cpu_has_fast_bf16() else None
+        if device.type != "cpu":
+            return None
+        return torch.bfloat16 if auto_precision("training", model).precision == "bf16" else None
     if mode == "fp16":
         if device.type != "cuda":
             raise ConfigError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 or --amp off")
@@ -63,6 +80,33 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
     return torch.bfloat16
+
+
+def recorded_amp(resume_ckpt: dict | None, run_dir: Path) -> str | None:
+    """The amp dtype a resumed run started with (:func:`amp_name`), or None for a new run.
+
+    From ``last.pt``'s ``amp_dtype``; runs saved before it was recorded: their ``config.json``.
+    """
+    if resume_ckpt is None:
+        return None
+    if resume_ckpt.get("amp_dtype"):
+        return str(resume_ckpt["amp_dtype"])
+    try:
+        resolved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["resolved"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return resolved.get("amp_dtype") or "off" if "amp_dtype" in resolved else None
+
+
+def amp_choice(mode: str, device: torch.device, resumed: bool, model: torch.nn.Module | None = None) -> str:
+    """Why the run trains in its dtype (config.json's ``resolved.amp_choice``)."""
+    if mode != "auto":
+        return f"--amp {mode}"
+    if resumed:
+        return "--amp auto: the dtype recorded when the run started (kept on resume)"
+    if device.type != "cpu":
+        return f"--amp auto on {device.type}"
+    return f"--amp auto: {auto_precision('training', model).reason}"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -32,7 +32,7 @@ from fcnseg.engine.optim import PolyLR, build_optimizer
 from fcnseg.engine.resume import Progress, restore_training_state, training_state
 from fcnseg.engine.rng import capture_rng_state, deterministic_mode, seed_everything
 from fcnseg.engine.run_dir import prepare_run_dir, trim_logs, write_json
-from fcnseg.engine.runtime import autocast, environment_info, resolve_amp
+from fcnseg.engine.runtime import amp_choice, amp_name, autocast, environment_info, recorded_amp, resolve_amp
 from fcnseg.engine.sampling import ResumableSampler, SeededDataset, worker_init
 from fcnseg.engine.signals import StopRequest, TrainingInterrupted
 from fcnseg.errors import ConfigError, DataError, DivergenceError, FcnsegError
@@ -102,7 +102,8 @@ class Trainer:
         self.model = model
 
         self.class_weights = self._class_weights()
-        self.amp_dtype = resolve_amp(cfg.amp, dev)
+        # A resumed run keeps the dtype it started with (auto is measured, and may differ now).
+        self.amp_dtype = resolve_amp(cfg.amp, dev, recorded=recorded_amp(resume_ckpt, self.out), model=model)
         # GradScaler only for fp16 (bf16 has fp32's exponent range: no underflow to fix).
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
 
@@ -179,6 +180,7 @@ class Trainer:
             "resolved": {
                 "device": str(self.device), "amp_dtype": str(self.amp_dtype).replace("torch.", "")
                 if self.amp_dtype else None,
+                "amp_choice": amp_choice(self.cfg.amp, self.device, resumed, self.model),
                 "world_size": self.world, "num_classes": self.num_classes,
                 "class_names": list(self.train_ds.class_names),
                 "train_images": len(self.train_ds), "val_images": len(self.val_ds),
@@ -384,6 +386,7 @@ class Trainer:
             "epoch": self.p.epoch, "step": self.p.step,  # completed epochs, optimizer steps
             "best_miou": self.p.best_miou if math.isfinite(self.p.best_miou) else None,
             "metrics": metrics, "config": self.cfg.to_dict(),
+            "amp_dtype": amp_name(self.amp_dtype),  # what --resume continues in
         }
         fields.update(extra)
         save_checkpoint(self.out / name, self.model, **fields)

@@ -22,6 +22,8 @@ META_CLASS_NAMES = "fcnseg.class_names"  # ["background", ...]
 META_PALETTE = "fcnseg.palette"          # [[0, 0, 0], ...]
 META_MODEL = "fcnseg.model"              # build_model kwargs, incl. "name"
 META_NORMALIZATION = "fcnseg.normalization"  # {"mean": [...], "std": [...], "scale": 1/255}
+META_PRECISION = "fcnseg.precision"      # "int8" (fcnseg export --int8: the agreement with fp32 too); absent: fp32
+META_INT8 = "fcnseg.int8"                # {"tool": ..., "calibration_images": N, "agreement": ...}
 ONNX_FORMAT = "fcnseg-onnx"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
@@ -69,6 +71,7 @@ class OnnxModel:
         self.class_names = _json(meta, META_CLASS_NAMES, self.path)
         self.palette = _json(meta, META_PALETTE, self.path)
         self.config = _json(meta, META_MODEL, self.path) or {}
+        self.precision = meta.get(META_PRECISION, "fp32")  # what the graph computes in
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         channels = self.session.get_outputs()[0].shape[1]

@@ -187,13 +187,16 @@ def resolve_tiling(tile: int | str | None, overlap: int | None,
 
 def segment_array(model, image: np.ndarray, *, tile: int | str | None = None,
                   overlap: int | None = None, crf: bool | dict = False,
-                  return_probs: bool = False, probs_dtype: type = np.float32):
+                  return_probs: bool = False, probs_dtype: type = np.float32, precision: str = "auto"):
     """Labels ``uint8 (H, W)`` (and ``probs (C, H, W)`` if ``return_probs``) for one image.
+
+    ``precision`` (an ``nn.Module``): ``auto`` (measured, :mod:`fcnseg.precision`), ``fp32``,
+    ``bf16``; a runner computes in its own (``int8`` for an int8-exported model).
 
     ``crf``: True (DeepLab defaults) or a dict of :func:`fcnseg.infer.crf.dense_crf` keywords to
     refine the labels with a dense CRF; it needs float probabilities of the whole image.
     """
-    runner = as_runner(model)
+    runner = as_runner(model, precision)
     image = check_image(image)
     tiling = resolve_tiling(tile, overlap, image.shape[:2])
     need_probs = return_probs or bool(crf)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,25 @@ from fcnseg.models.backbones.base import gemm_conv2d
 # GEMM path never needs much more memory than the conv it replaces (e.g. 2048x2048 input:
 # fc6's unfolded input would be 411 MB at once).
 GEMM_BAND_BYTES = 64 * 2**20
+
+
+def weights_key(model: nn.Module) -> tuple | None:
+    """What identifies ``model``'s current weights: (storage, version, dtype, device) per state-dict tensor.
+
+    ``tensor._version`` grows with every in-place write (``copy_``, optimizer steps,
+    ``load_state_dict``), so any edit changes the key; comparing it costs microseconds, not a
+    pass over the values. None when a tensor has no version counter (an inference tensor):
+    then nothing built from it can be cached.
+    """
+    key = []
+    # state_dict: parameters and persistent buffers; non-persistent buffers are caches derived
+    # from them (FCN's per-class kernels), refreshed by the model itself.
+    for t in model.state_dict(keep_vars=True).values():
+        try:
+            key.append((t.data_ptr(), t._version, t.dtype, t.device))
+        except RuntimeError:  # inference tensors do not track versions
+            return None
+    return tuple(key)
 
 
 def fastpath_unavailable() -> str | None:
@@ -117,7 +137,8 @@ class CPUInferenceModel(nn.Module):
     Output: logits ``(B, C, H, W)`` in ``dtype`` (channels-last strides; values as eager).
     """
 
-    def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool,
+                 source: nn.Module | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.dtype = dtype
@@ -125,8 +146,20 @@ class CPUInferenceModel(nn.Module):
         for attr in ("num_classes", "fcn_config", "class_names", "palette"):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
+        # The weights this copy was built from: packed copies do not follow later edits of
+        # the source, so a changed source makes forward refuse rather than answer stale.
+        self._source = weakref.ref(source) if source is not None else None
+        self.source_key = weights_key(source) if source is not None else None
+
+    def is_stale(self) -> bool:
+        """True if the source model's weights changed (in place or reloaded) since this copy was built."""
+        src = self._source() if self._source is not None else None
+        return src is not None and self.source_key is not None and weights_key(src) != self.source_key
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.is_stale():
+            raise RuntimeError("the model's weights changed after optimize_for_cpu_inference built this "
+                               "copy; build it again (fcnseg.segment / TorchRunner do so by themselves)")
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -192,7 +225,7 @@ def optimize_for_cpu_inference(model: nn.Module, example_size: tuple[int, int] =
             setattr(parent, name, PackedConv2d(child, fuse, shapes[full], dtype))
             if fuse:
                 setattr(parent, children[i + 1][0], nn.Identity())
-    return CPUInferenceModel(inner, dtype, channels_last).eval()
+    return CPUInferenceModel(inner, dtype, channels_last, source=model).eval()
 
 
 def _gemm_eligible(conv: nn.Conv2d, min_channels: int) -> bool:

@@ -161,16 +161,26 @@ class FCN(nn.Module):
         """Cache per-class kernels (C, 1, k, k) of the upsampling layers that are diagonal.
 
         Kept as non-persistent buffers: they follow ``.to()``, stay out of state dicts, export
-        to ONNX as constants, and are recomputed whenever a state dict is loaded.
+        to ONNX as constants, and are recomputed whenever a state dict is loaded and whenever
+        :meth:`_upsample` finds the weight changed since (``_diagonal_keys``: its storage and
+        version counter, which every in-place write such as ``weight.copy_(w)`` bumps).
         """
         self._diagonal = set()
-        for name in (*(_UP_NAME[s] for s in self.strides[1:]), _FINAL_NAME[self.strides[-1]]):
-            w = getattr(self, name).weight.detach()
-            diag = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
-            if w.device.type != "meta" and (w.abs().sum() - diag.abs().sum()).item() != 0:
-                continue  # a learned or loaded kernel that mixes classes: keep it dense
-            self.register_buffer(f"_{name}_per_class", diag.clone(), persistent=False)
-            self._diagonal.add(name)
+        self._diagonal_keys = {}
+        # Normal tensors even when called from a forward under inference_mode (evaluation):
+        # a later training step saves this kernel for backward, which inference tensors refuse.
+        with torch.inference_mode(False), torch.no_grad():
+            for name in (*(_UP_NAME[s] for s in self.strides[1:]), _FINAL_NAME[self.strides[-1]]):
+                self._diagonal_keys[name] = _tensor_key(getattr(self, name).weight)
+                w = getattr(self, name).weight.detach()
+                diag = torch.diagonal(w, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)  # (C, 1, k, k)
+                if w.device.type != "meta":
+                    off = w.clone()
+                    off[torch.arange(w.shape[0]), torch.arange(w.shape[0])] = 0  # exact, unlike comparing sums
+                    if bool(off.any()):
+                        continue  # a learned or loaded kernel that mixes classes: keep it dense
+                self.register_buffer(f"_{name}_per_class", diag.clone(), persistent=False)
+                self._diagonal.add(name)
 
     def _upsample(self, name: str, x: Tensor) -> Tensor:
         """Apply upsampling layer ``name``; a fixed per-class one runs as a grouped conv.
@@ -180,7 +190,13 @@ class FCN(nn.Module):
         that is a large share of the whole forward pass. Learned layers stay dense.
         """
         layer = getattr(self, name)
-        if layer.weight.requires_grad or name not in self._diagonal:
+        if layer.weight.requires_grad:
+            return layer(x)
+        if not _tracing():  # graphs being traced/exported see constant weights
+            key = _tensor_key(layer.weight)
+            if key is None or key != self._diagonal_keys.get(name):  # edited since: re-derive
+                self._refresh_diagonal()
+        if name not in self._diagonal:
             return layer(x)
         return F.conv_transpose2d(x, getattr(self, f"_{name}_per_class"), stride=layer.stride,
                                   padding=layer.padding, output_padding=layer.output_padding,
@@ -240,3 +256,18 @@ def _min_input_size(paths: dict[str, list[nn.Module]], limit: int = 4096) -> int
         if all(sizes_through(p, n) >= 1 for p in paths.values()):
             return n
     raise ValueError("backbone needs inputs larger than 4096 pixels")
+
+
+def _tensor_key(t: Tensor) -> tuple | None:
+    """What identifies a weight's current values: storage, version counter, dtype, device.
+
+    None for a tensor without a version counter (an inference tensor): then never cached.
+    """
+    try:
+        return (t.data_ptr(), t._version, t.dtype, t.device)
+    except RuntimeError:  # inference tensors do not track versions
+        return None
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
