@@ -181,11 +181,11 @@ def test_predict_prints_autos_choice_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(P.ENV_OVERRIDE, "bf16")
     assert main(["predict", str(img.parent), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                  "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("precision bf16: forced by FCNSEG_PRECISION=bf16") == 1
+    err = capsys.readouterr().err  # a note on stderr: stdout keeps predict's results only
+    assert err.count("precision bf16: forced by FCNSEG_PRECISION=bf16") == 1
     assert main(["predict", str(img), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o2"),
                  "--precision", "fp32"]) == 0
-    assert "precision" not in capsys.readouterr().out  # an explicit choice needs no explanation
+    assert "precision" not in capsys.readouterr().err  # an explicit choice needs no explanation
 
 
 def test_model_probe_runs_the_model_itself_and_leaves_it_untouched(unpinned, monkeypatch):

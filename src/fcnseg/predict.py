@@ -104,11 +104,11 @@ def cli_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"no input images found ({detail}); give image files, folders or globs")
     _check_unique_stems(files)
     model = load_runner(args.checkpoint, args.runtime, args.device, precision=args.precision)
-    choice = getattr(model, "choice", None)
-    if choice is not None:  # auto decided by measurement: say what and why, once
-        print(f"fcnseg predict: precision {choice.reason}")
     if args.crf:
         require_pydensecrf()  # fail before any work, not on the first image
+    choice = getattr(model, "choice", None)
+    if choice is not None:  # auto decided by measurement: say what and why, once
+        print(f"fcnseg predict: precision {choice.reason}", file=sys.stderr)  # a note, not a result
     new_dirs = _missing_dirs(Path(args.out))  # what prepare_output_dir creates: removed if nothing is written
     out_dir = prepare_output_dir(args.out, overwrite=args.overwrite or args.skip_existing,
                                  what="prediction output")
