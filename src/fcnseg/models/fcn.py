@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fcnseg.models.backbones.base import Backbone
-from fcnseg.models.geometry import CoordMap, bilinear_kernel, offset_between, out_size, sizes_through
+from fcnseg.models.geometry import CoordMap, bilinear_kernel, offset_between, out_size, record_offset, sizes_through
 from fcnseg.models.input_convention import STANDARD, ConvertInput
 from fcnseg.models.score_conv import score_conv
 
@@ -133,11 +133,7 @@ class FCN(nn.Module):
         return layer
 
     def _record(self, name: str, offset: float) -> int:
-        r = int(round(offset))
-        if abs(offset - r) > 1e-6:
-            self.misalignment[name] = abs(offset - r)
-        self.crop_offsets[name] = r
-        return r
+        return record_offset(self.crop_offsets, self.misalignment, name, offset)
 
     def _set_upsampling(self, mode: str) -> None:
         self.upsampling = mode

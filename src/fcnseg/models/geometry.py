@@ -48,6 +48,16 @@ class CoordMap:
         return m
 
 
+def record_offset(offsets: dict[str, int], misalignment: dict[str, float], name: str, offset: float) -> int:
+    """``offset`` rounded to the integer crop a head applies, stored under ``name`` in ``offsets``;
+    a non-integer offset (a grid that cannot be aligned exactly) goes into ``misalignment``."""
+    r = int(round(offset))
+    if abs(offset - r) > 1e-6:
+        misalignment[name] = abs(offset - r)
+    offsets[name] = r
+    return r
+
+
 def offset_between(outer: CoordMap, inner: CoordMap) -> float:
     """Index in ``outer``'s grid of ``inner``'s origin (both at the same scale).
 

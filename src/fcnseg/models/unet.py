@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fcnseg.models.backbones.base import CAFFE_PAD, Backbone, check_geometry
-from fcnseg.models.geometry import CoordMap, offset_between, out_size, sizes_through
+from fcnseg.models.geometry import CoordMap, offset_between, out_size, record_offset, sizes_through
 from fcnseg.models.input_convention import STANDARD, ConvertInput
 
 MAX_DECODER_CHANNELS = 256
@@ -207,11 +207,7 @@ class UNet(nn.Module):
         _init_convs(self.decoder)
 
     def _record(self, name: str, offset: float) -> int:
-        r = int(round(offset))
-        if abs(offset - r) > 1e-6:
-            self.misalignment[name] = abs(offset - r)
-        self.crop_offsets[name] = r
-        return r
+        return record_offset(self.crop_offsets, self.misalignment, name, offset)
 
     def _extent(self, n: int) -> int:
         """Size (per axis) of the stride-1 map before the final crop, for input size ``n``."""
