@@ -80,6 +80,22 @@ class CaffeImport:
     notes: list[str] = field(default_factory=list)
 
 
+def _weights_and_biases(net, targets: dict[str, str], own: dict[str, torch.Tensor],
+                        hint: str = "") -> dict[str, torch.Tensor]:
+    """Caffe layer ``name`` -> fcnseg ``target.weight`` / ``target.bias``, each checked against the
+    shape of ``own`` (the fcnseg model's state dict); a layer without exactly 2 blobs is refused."""
+    sd: dict[str, torch.Tensor] = {}
+    for name, target in targets.items():
+        blobs = net.arrays(name)
+        if len(blobs) != 2:
+            raise CheckpointError(f"{net.caffemodel}: layer {name} has {len(blobs)} blobs, expected 2 "
+                                  f"(weights and bias){hint}")
+        for blob, param in zip(blobs, ("weight", "bias")):
+            key = f"{target}.{param}"
+            sd[key] = torch.from_numpy(_fit(blob, tuple(own[key].shape), f"{name} ({param})", net.caffemodel))
+    return sd
+
+
 def _fit(a: np.ndarray, want: tuple[int, ...], where: str, source: Path) -> np.ndarray:
     """``a`` reshaped to ``want`` if it is the same tensor in another Caffe layout, else an error.
 
@@ -221,15 +237,7 @@ def fcn_from_caffe(caffemodel: str | os.PathLike, prototxt: str | os.PathLike | 
     _check_geometry(net, model, modules)
 
     own = model.state_dict()
-    sd: dict[str, torch.Tensor] = {}
-    for name, target in targets.items():
-        blobs = net.arrays(name)
-        if len(blobs) != 2:
-            raise CheckpointError(f"{net.caffemodel}: layer {name} has {len(blobs)} blobs, expected 2 "
-                                  f"(weights and bias); the file is not one of the supported nets")
-        for blob, param in zip(blobs, ("weight", "bias")):
-            key = f"{target}.{param}"
-            sd[key] = torch.from_numpy(_fit(blob, tuple(own[key].shape), f"{name} ({param})", net.caffemodel))
+    sd = _weights_and_biases(net, targets, own, "; the file is not one of the supported nets")
     for u in ups:
         sd[f"{u}.weight"] = torch.from_numpy(_fit(deconv[u], tuple(own[f"{u}.weight"].shape), u, net.caffemodel))
     notes = []
@@ -294,15 +302,7 @@ def backbone_from_caffe(caffemodel: str | os.PathLike, prototxt: str | os.PathLi
             if (g["stride"], g["dilation"], g["group"]) != ((1, 1), (1, 1), 1):
                 raise net.fail(f"layer {name} has stride {g['stride']}, dilation {g['dilation']}, "
                                f"group {g['group']}; VGG16's are 1, 1, 1: not a VGG16 net")
-    sd: dict[str, torch.Tensor] = {}
-    for name, target in targets.items():
-        blobs = net.arrays(name)
-        if len(blobs) != 2:
-            raise CheckpointError(f"{net.caffemodel}: layer {name} has {len(blobs)} blobs, expected 2 "
-                                  f"(weights and bias)")
-        for blob, param in zip(blobs, ("weight", "bias")):
-            key = f"{target}.{param}"
-            sd[key] = torch.from_numpy(_fit(blob, tuple(own[key].shape), f"{name} ({param})", net.caffemodel))
+    sd = _weights_and_biases(net, targets, own)
     load_state_dict_checked(backbone, sd, source=str(net.caffemodel))
     ignored = sorted(set(net.weights) - set(targets))
     return {"format": "fcnseg-backbone", "format_version": 1, "arch": "vgg16", "input_convention": "caffe",
