@@ -21,7 +21,8 @@ cheaper head more steps, and would make the result depend on what else the machi
 
 Prints a Markdown table (the one in the README), U-Net's differences to FCN-8s when both ran,
 and writes ``OUT/ablation.json`` and the per-class plot ``OUT/ablation.png``.
-A variant whose ``best.pt`` and ``eval`` exist is not trained again (``--retrain`` forces it).
+Each variant's ``last.pt`` is evaluated (``best.pt`` is chosen on val, the split reported).
+A variant already in ``OUT/ablation.json`` is not trained again (``--retrain`` forces it).
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def main() -> int:
 
     import torch
 
+    from fcnseg.bench.timing import cpu_info
     from fcnseg.engine.evaluate import run_eval
     from fcnseg.models import build_model, count_flops
 
@@ -101,13 +103,15 @@ def main() -> int:
             subprocess.run(cmd, check=True)
             minutes = (time.time() - t0) / 60
             torch.set_num_threads(2)
-            ev = run_eval(str(final / "best.pt"), args.data, "val", bf=True, out=str(run / "eval"),
+            # last.pt, not best.pt: best.pt is picked on val, the split reported here
+            ev = run_eval(str(final / "last.pt"), args.data, "val", bf=True, out=str(run / "eval"),
                           overwrite=True, progress=False)
             metrics = [json.loads(line) for line in (final / "metrics.jsonl").read_text().splitlines()]
             net = build_model(model, num_classes=len(ev["iou"]), geometry=geometry, width=32, blocks=(2, 2, 3, 2))
             results[key] = {
                 "variant": name, "seed": args.seed, "model": model + (" staged 32s>16s>8s" if staged else ""), "geometry": geometry,
-                "epochs": args.epochs, "train_minutes": minutes,
+                "epochs": args.epochs, "train_minutes": minutes, "checkpoint": "last.pt",
+                "host": cpu_info(),
                 "command": "fcnseg train " + shlex.join(cmd[4:]),
                 "train_images_per_s": metrics[-1].get("images_per_s"),
                 "best_epoch": max((m for m in metrics if "val" in m), key=lambda m: m["val"]["miou"])["epoch"],
