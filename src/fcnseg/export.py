@@ -256,6 +256,11 @@ def _export_bytes(model: torch.nn.Module, exporter: str, opset: int,
     # An example input of a size that is not a multiple of the stride, so that the
     # tracer cannot bake in a convenient size (shapes are dynamic anyway).
     example = torch.randn(1, 3, 67, 93)
+    with torch.no_grad():  # (not inference_mode: the refreshed buffers are traced below)
+        # One eager forward first: caches keyed on the weights' versions (FCN's per-class
+        # upsampling kernels) refresh only outside tracing, so weights changed in place since
+        # the last forward would otherwise be exported stale.
+        model(example)
     dyn_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                 OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
     with tempfile.TemporaryDirectory(prefix="fcnseg-export-") as tmp:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fcnseg.models.backbones.base import Backbone
-from fcnseg.models.geometry import CoordMap, bilinear_kernel, offset_between, out_size, record_offset, sizes_through
+from fcnseg.models.geometry import (CoordMap, bilinear_kernel, offset_between, out_size, pad_to_min_size,
+                                    record_offset, sizes_through)
 from fcnseg.models.input_convention import STANDARD, ConvertInput
 from fcnseg.models.score_conv import score_conv
 
@@ -201,9 +202,7 @@ class FCN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.prepare_input(x)  # (B, 3, H, W) in the backbone's own input convention
         H, W = x.shape[-2:]
-        m, c = self.min_input_size, self.cover_pad
-        if c or H < m or W < m:  # pad bottom/right: the kept region [0,H)x[0,W) is unaffected
-            x = F.pad(x, (0, max(c, m - W), 0, max(c, m - H)))
+        x = pad_to_min_size(x, self.min_input_size, self.cover_pad)  # bottom/right only
         feats = self.backbone(x)
         names = self.backbone.feature_names
         # score convs as GEMMs on CPU: oneDNN's AMX bf16 conv backward corrupts the heap (score_conv.py)

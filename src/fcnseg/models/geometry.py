@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,29 @@ def out_size(module: nn.Module, n: int) -> int:
         before, after = _pads(module)
         return n + before + after
     return n
+
+
+def pad_to_min_size(x: Tensor, min_size: int, cover: int) -> Tensor:
+    """Zero-pad (B, C, H, W) at the bottom/right to at least ``min_size`` per side, and by at
+    least ``cover`` (what makes the output grid cover the input); the kept region [0,H)x[0,W)
+    keeps its place, and the caller crops back to it.
+
+    Exported graphs must take the same branch PyTorch takes for EVERY size, so while tracing
+    (ONNX export) the pads are computed as tensors from the input's shape instead of a Python
+    ``if`` that the tracer would freeze at the example's size.
+    """
+    H, W = x.shape[-2:]
+    if torch.jit.is_tracing():  # the TorchScript ONNX exporter
+        # (2,) = [H, W] as a tensor op, so the exporter records Shape -> Sub -> Max -> Pad
+        hw = torch._shape_as_tensor(x)[-2:]
+        ph, pw = torch.clamp(min_size - hw, min=cover).unbind()
+        return F.pad(x, (0, pw, 0, ph))
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():  # dynamo: symbolic sizes
+        # sym_max keeps H, W symbolic (a Python max or if would specialise the graph to one size)
+        return F.pad(x, (0, torch.sym_max(cover, min_size - W), 0, torch.sym_max(cover, min_size - H)))
+    if cover or H < min_size or W < min_size:
+        return F.pad(x, (0, max(cover, min_size - W), 0, max(cover, min_size - H)))
+    return x
 
 
 def sizes_through(modules: Iterable[nn.Module], n: int) -> int:

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fcnseg.models.backbones.base import CAFFE_PAD, Backbone, check_geometry
-from fcnseg.models.geometry import CoordMap, offset_between, out_size, record_offset, sizes_through
+from fcnseg.models.geometry import (CoordMap, offset_between, out_size, pad_to_min_size, record_offset,
+                                    sizes_through)
 from fcnseg.models.input_convention import STANDARD, ConvertInput
 
 MAX_DECODER_CHANNELS = 256
@@ -220,9 +221,7 @@ class UNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.prepare_input(x)  # (B, 3, H, W) in the encoder's own input convention
         H, W = x.shape[-2:]
-        m, c = self.min_input_size, self.cover_pad
-        if c or H < m or W < m:  # pad bottom/right: the kept region [0,H)x[0,W) is unaffected
-            x = F.pad(x, (0, max(c, m - W), 0, max(c, m - H)))
+        x = pad_to_min_size(x, self.min_input_size, self.cover_pad)  # bottom/right only
         feats = self.backbone(x, taps=self._taps)
         y = feats[self._deepest]  # (B, C, ~H/32, ~W/32)
         for block, skip in zip(self.decoder, self._skips):
