@@ -23,11 +23,11 @@ def test_amp_auto_on_cpu_follows_the_training_probe(monkeypatch):
     monkeypatch.setattr(P, "_CACHE", {})
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     seen = []
-    monkeypatch.setattr(P, "probe_times", lambda w, model=None: seen.append(w) or {"fp32": 1.4, "bf16": 1.0})
+    monkeypatch.setattr(P, "probe_times", lambda w, model=None, size=None: seen.append(w) or {"fp32": 1.4, "bf16": 1.0})
     assert resolve_amp("auto", CPU) is torch.bfloat16
     assert seen == ["training"]
     monkeypatch.setattr(P, "_CACHE", {})
-    monkeypatch.setattr(P, "probe_times", lambda w, model=None: {"fp32": 1.0, "bf16": 1.05})
+    monkeypatch.setattr(P, "probe_times", lambda w, model=None, size=None: {"fp32": 1.0, "bf16": 1.05})
     assert resolve_amp("auto", CPU) is None
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))  # no candidate: never bf16
     monkeypatch.setattr(P, "_CACHE", {})

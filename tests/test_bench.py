@@ -199,6 +199,10 @@ def test_target_values_pick_the_right_records():
     result = {
         "inference": [_rec("fp32", "fp32", 1000.0), _rec("fastpath", "fp32", 625.0),
                       _rec("bf16_autocast", "bf16", 500.0, agree=0.985), _rec("bf16_weights", "bf16", 800.0),
+                      # int8 (fastest of all) must not count as the best fp32 row: a 2026-12-03 run
+                      # did, reporting 421% of the fp32 peak and bf16 as a slow-down
+                      {**_rec("int8_onnx", "int8", 250.0, agree=0.998), "fraction_of_peak": None,
+                       "peak_precision": None},
                       _rec("fp32", "fp32", 2000.0, geometry="caffe", flops=2e11),
                       _rec("fastpath", "fp32", 1125.0, geometry="caffe", flops=2e11)],
         "peak": {"fp32": {"best_gflop_per_s": 200.0}, "bf16": {"best_gflop_per_s": 100.0}},
@@ -216,8 +220,12 @@ def test_target_values_pick_the_right_records():
     assert values["modern_vs_caffe"]["value"] == pytest.approx(1.8)
     assert "fastpath" in values["modern_vs_caffe"]["conditions"]
     assert values["loader_vs_train"]["value"] == pytest.approx(100.0)
+    assert values["int8_speedup"]["value"] == pytest.approx(2.5)  # 250 ms against the fp32 fast path's 625
+    assert "int8_onnx vs fastpath" in values["int8_speedup"]["conditions"]
+    assert values["int8_agreement"]["value"] == pytest.approx(0.998)
     status = {t["key"]: t["status"] for t in judge_targets(values)}
     assert status == {"fp32_fraction_of_peak": "PASS", "bf16_speedup": "MISS", "bf16_agreement": "MISS",
+                      "int8_speedup": "PASS", "int8_agreement": "PASS",
                       "modern_vs_caffe": "PASS", "loader_vs_train": "PASS", "metric_share": "PASS"}
     # Other conditions than the target's are judged, but say so.
     other = target_values({"inference": [_rec("fp32", "fp32", 1000.0, threads=1)]})

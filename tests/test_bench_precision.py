@@ -38,6 +38,7 @@ def test_auto_row_runs_the_probed_choice_and_is_recorded(result):
     assert auto["status"] == "ok"
     # conftest pins auto to fp32 (FCNSEG_PRECISION): the row is the fp32 fast path, exact to float rounding
     assert any("auto chose fp32: forced by FCNSEG_PRECISION=fp32" in n for n in auto["notes"])
+    assert auto["precision"] == "fp32"  # the row carries the probe's choice, not a fixed label
     assert auto["agreement_vs_fp32"] == 1.0 and auto["max_abs_diff_vs_fp32"] <= 3e-6 * max(1.0, auto["logit_scale"])
     rec = result["auto_precision"]
     assert rec["inference"]["precision"] == "fp32" and rec["training"]["workload"] == "training"
@@ -50,6 +51,7 @@ def test_auto_row_runs_the_probed_choice_and_is_recorded(result):
 def test_int8_row_is_quantised_and_compared_with_fp32(result):
     row = next(r for r in result["inference"] if r["variant"] == "int8_onnx" and r["geometry"] == "modern")
     assert row["status"] == "ok", row.get("reason")
+    assert row["precision"] == "int8" and row["fraction_of_peak"] is None  # never judged as an fp32 row
     # random He-initialised weights (bench's models) on a 32x48 input: int8 follows fp32 coarsely;
     # all-zero or garbage logits would be off by the whole logit scale
     assert 0.5 <= row["agreement_vs_fp32"] <= 1.0

@@ -71,7 +71,7 @@ def test_override_wins_and_is_validated():
 def test_auto_is_probed_once_per_process_and_workload(unpinned, monkeypatch):
     calls = []
 
-    def fake_probe(workload, model=None):
+    def fake_probe(workload, model=None, size=None):
         calls.append(workload)
         return {"fp32": 1.0, "bf16": 0.5 if workload == "training" else 1.0}
 
@@ -202,8 +202,35 @@ def test_model_probe_runs_the_model_itself_and_leaves_it_untouched(unpinned, mon
     assert torch.equal(torch.random.get_rng_state(), rng)
     calls = []
     monkeypatch.setattr(P, "cpu_flags", lambda: AVX512_BF16)
-    monkeypatch.setattr(P, "probe_times", lambda w, model=None: calls.append(model) or {"fp32": 1.0, "bf16": 0.5})
+    monkeypatch.setattr(P, "probe_times",
+                        lambda w, model=None, size=None: calls.append(model) or {"fp32": 1.0, "bf16": 0.5})
     P.auto_precision("inference", model)
     P.auto_precision("inference", tiny_model(seed=3))  # same architecture, other weights: cached
     P.auto_precision("inference", tiny_model(num_classes=4))  # another layout: probed
     assert calls[0] is model and len(calls) == 2
+
+
+def test_probe_grows_the_input_until_compute_dominates(monkeypatch):
+    """A net so fast at the start size that fixed costs dominate (EfficientNet-Lite0 at 96x128:
+    bf16 0.97-1.15x there, 1.8x at 360x480) is probed again at doubled sides; a slow one is not."""
+    sizes = []
+
+    def fake(workload, *, model=None, size):  # fp32 seconds grow with the pixels; bf16 at 60%
+        sizes.append(size)
+        t = 0.01 * size[0] * size[1] / (96 * 128)
+        return {"fp32": t, "bf16": 0.6 * t}
+
+    monkeypatch.setattr(P, "probe_times", fake)
+    times = P.probe_scaled("inference")
+    assert sizes == [(96, 128), (192, 256)] and times["size"] == (192, 256)  # 0.01 s, then 0.04 s >= 0.03
+    assert times["fp32"] == pytest.approx(0.04)
+    choice = P.decide(frozenset({"avx512_bf16"}), lambda: times)
+    assert choice.precision == "bf16" and "probe at 192x256" in choice.reason
+    sizes.clear()
+    P.probe_scaled("inference", size=(384, 512))  # already slow enough: one probe
+    assert sizes == [(384, 512)]
+    sizes.clear()
+    monkeypatch.setattr(P, "probe_times",
+                        lambda w, *, model=None, size: sizes.append(size) or {"fp32": 1e-4, "bf16": 1e-4})
+    assert P.probe_scaled("training")["size"] == (384, 512)  # never beyond PROBE_MAX_SIDE
+    assert sizes == [(96, 128), (192, 256), (384, 512)]

@@ -87,7 +87,7 @@ def bench_inference(name: str, size: tuple[int, int], cfg: BenchConfig, device: 
             log(f"  {name} {geometry} {size[0]}x{size[1]} {vname}: skipped: {e}")
             records.append(rec)
             continue
-        precision = RUNTIME_VARIANTS[vname].precision[device.type]
+        precision = prep.precision or RUNTIME_VARIANTS[vname].precision[device.type]
         pkey = _peak_key(precision, device, peak)
         has_peak = bool(peak) and pkey in peak
         gflops = flops / timing.median_s / 1e9

@@ -26,6 +26,9 @@ TARGETS = (
            "best fp32 matmul GFLOP/s", 0.80),
     Target("bf16_speedup", "bf16 (fp16/bf16 AMP on CUDA) images/s / fp32 images/s, best variant of each", 1.6),
     Target("bf16_agreement", "argmax agreement of that bf16 variant with fp32", 0.99),
+    Target("int8_speedup", "int8 (fcnseg export --int8, onnxruntime) images/s / the fp32 fast path's images/s "
+           "(issue #11)", 1.8),
+    Target("int8_agreement", "argmax agreement of the int8 variant with fp32", 0.99),
     Target("modern_vs_caffe", "caffe-geometry latency / modern-geometry latency, same fp32 variant and input", 1.8),
     Target("loader_vs_train", "data-loader images/s / training-step images/s", 2.0),
     Target("metric_share", "ConfusionMatrix.update time / evaluation time", 0.02, higher_is_better=False),
@@ -82,6 +85,13 @@ def target_values(result: dict) -> dict[str, dict | None]:
                                       "conditions": f"{cond}; {best16['variant']} vs {best32['variant']}{ratio}"}
             values["bf16_agreement"] = {"value": best16["agreement_vs_fp32"],
                                         "conditions": f"{cond}; {best16['variant']}, input: {best16['input']}"}
+        int8 = next((r for r in group if r["precision"] == "int8"), None)
+        fast32 = next((r for r in fp32 if r["variant"] == "fastpath"), best32)
+        if int8 and fast32:
+            values["int8_speedup"] = {"value": int8["images_per_s"] / fast32["images_per_s"],
+                                      "conditions": f"{cond}; {int8['variant']} vs {fast32['variant']}"}
+            values["int8_agreement"] = {"value": int8["agreement_vs_fp32"],
+                                        "conditions": f"{cond}; {int8['variant']}, input: {int8['input']}"}
         caffe = {r["variant"]: r for r in inf if r["geometry"] == "caffe" and r["precision"] == "fp32"
                  and (r["model"], r["size"], r["batch"]) == (g0["model"], g0["size"], g0["batch"])}
         # The same variant in both geometries: the one that runs the modern net fastest.

@@ -56,10 +56,13 @@ RUNTIME_VARIANTS: dict[str, Variant] = {v.name: v for v in (
        "torch.compile (inductor; CPU: fp32 with freezing=True; CUDA: AMP fp16, channels-last)"),
     _V("onnxruntime", ("cpu", "cuda"), {"cpu": "fp32", "cuda": "fp32"},
        "fcnseg.export ONNX (opset 18) on onnxruntime, intra-op threads = --threads"),
-    _V("int8_onnx", ("cpu",), {"cpu": "fp32"},
+    # int8 and auto are never fp32 rows: counting them as fp32 would let int8's speed pass the fp32
+    # targets and make the bf16 speed-up look like a loss (seen on 2026-12-03). int8 has no matmul
+    # peak row, so no %peak; auto's row takes the precision its probe chose (Prepared.precision).
+    _V("int8_onnx", ("cpu",), {"cpu": "int8"},
        "fcnseg export --int8: onnxruntime quantize_static QDQ (calibrated on the example batch), intra-op "
-       "threads = --threads; compared with the fp32 peak (int8 has no matmul peak row)"),
-    _V("auto", ("cpu",), {"cpu": "fp32"},
+       "threads = --threads; no %peak (int8 has no matmul peak row)"),
+    _V("auto", ("cpu",), {"cpu": "auto"},
        "--precision auto: the fast path in the precision the measured probe chose (fcnseg.precision)"),
 )}
 QUICK_VARIANTS = {"cpu": ("fp32", "fastpath", "bf16_autocast", "auto"), "cuda": ("fp32", "amp_fp16", "amp_fp16_cl")}
@@ -82,6 +85,7 @@ class Prepared:
     setup_s: float
     notes: list[str] = field(default_factory=list)
     cleanup: Callable[[], None] | None = None  # frees what the variant cached (compiled graphs)
+    precision: str | None = None  # when known only once prepared (auto's choice); else the Variant's
 
 
 def prepare_variant(name: str, model: nn.Module, x: torch.Tensor, device: torch.device,
@@ -135,7 +139,8 @@ def prepare_variant(name: str, model: nn.Module, x: torch.Tensor, device: torch.
         if fastpath_unavailable():
             raise VariantSkipped(fastpath_unavailable())
         m = optimize_for_cpu_inference(model, tuple(x.shape[-2:]), dtype=DTYPES[choice.precision])
-        return Prepared(lambda: m(x).float(), time.perf_counter() - t0, [f"auto chose {choice.reason}"])
+        return Prepared(lambda: m(x).float(), time.perf_counter() - t0, [f"auto chose {choice.reason}"],
+                        precision=choice.precision)
     raise ValueError(f"unknown variant {name!r}")
 
 
