@@ -54,8 +54,11 @@ def test_sigint_mid_set_then_skip_existing_finishes(ckpt, tmp_path, capsys):
     photos = _photos(tmp_path / "in")
     out = tmp_path / "out"
     args = ["predict", "--checkpoint", str(ckpt), str(tmp_path / "in"), "--out", str(out)]
+    # SIG_DFL in the child: a runner that starts the suite in the background (`cmd &` in a script)
+    # hands SIGINT down ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-c", _PAUSING_PREDICT, *args], env=subprocess_env(),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = [proc.stdout.readline()]
     if lines[-1].strip() != "MID-COMMIT":
         proc.kill()  # it may wait on stdin: never block on its pipes
@@ -133,7 +136,16 @@ def test_output_set_is_all_or_nothing(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
-def test_sigint_during_commit_is_deferred_in_process(tmp_path, monkeypatch):
+@pytest.fixture
+def default_sigint():
+    """Ctrl-C's usual handler for the test, also when the suite was started with SIGINT ignored
+    (`cmd &` in a script): the deferring handler rightly keeps an ignored SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_during_commit_is_deferred_in_process(tmp_path, monkeypatch, default_sigint):
     """The same guarantee without a subprocess: a SIGINT raised by the first rename is acted on
     only after the last one."""
     real = os.replace
