@@ -106,7 +106,8 @@ def pad_to_min_size(x: Tensor, min_size: int, cover: int) -> Tensor:
         hw = torch._shape_as_tensor(x)[-2:]
         ph, pw = torch.clamp(min_size - hw, min=cover).unbind()
         return F.pad(x, (0, pw, 0, ph))
-    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():  # dynamo: symbolic sizes
+    if torch.onnx.is_in_onnx_export():  # the dynamo ONNX exporter: symbolic sizes
+        # (torch.compile keeps the Python branch below: it guards on it and recompiles per case)
         # sym_max keeps H, W symbolic (a Python max or if would specialise the graph to one size)
         return F.pad(x, (0, torch.sym_max(cover, min_size - W), 0, torch.sym_max(cover, min_size - H)))
     if cover or H < min_size or W < min_size:
