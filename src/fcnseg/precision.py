@@ -179,7 +179,7 @@ def probe_scaled(workload: str = "inference", *, model: nn.Module | None = None,
 
 
 def probe_times(workload: str = "inference", *, model: nn.Module | None = None, repeats: int = 5,
-                size: tuple[int, int] = (96, 128), batch: int = 1) -> dict[str, float]:
+                size: tuple[int, int] = PROBE_SIZE, batch: int = 1) -> dict[str, float]:
     """Seconds per run of the probe in fp32 and bf16 (min of ``repeats``, the two alternated).
 
     The probe runs ``model`` (untouched: a copy is trained) or, without one, a small conv stack.
