@@ -48,6 +48,7 @@ CANDIDATES = {  # name: overrides of BASE (None = drop the flag)
     "bn_frozen": {"--bn": "frozen"},
     "no_jitter": {"--color-jitter": "0"},
     "lr_1e-3": {"--lr": "1e-3"},
+    "no_weights": {"--class-weights": "none"},
     "scratch": {"--backbone-weights": None},
 }
 

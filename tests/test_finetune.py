@@ -315,3 +315,39 @@ def test_two_process_training_with_a_frozen_backbone(tmp_path, weights_file):
     state = load_checkpoint(out / "last.pt")["state_dict"]
     file_state = torch.load(weights_file, weights_only=True)
     assert any(not torch.equal(state["backbone." + k], v) for k, v in file_state.items() if k.endswith("weight"))
+
+
+# ----------------------------------------------------------------------------- --scale
+
+def _scales(cfg) -> list:
+    """The RandomScale ranges in the training set's transforms of a Trainer built from ``cfg``."""
+    from fcnseg.data.transforms import RandomScale
+    from fcnseg.engine.trainer import Trainer
+
+    trainer = Trainer(resolve(cfg), torch.device("cpu"))
+    trainer.setup()  # builds the datasets (and the model: tiny here)
+    return [(t.lo, t.hi) for t in trainer.train_ds.transforms.transforms if isinstance(t, RandomScale)]
+
+
+@pytest.mark.parametrize("flag,expected", [(None, [(0.5, 2.0)]), ("0.75,1.5", [(0.75, 1.5)]), ("none", [])])
+def test_scale_option_reaches_the_training_transforms(synthetic_voc, tmp_path, flag, expected):
+    """--scale sets the random rescaling range of the training crops (default 0.5-2, the paper's
+    augmentation); --scale none trains on unscaled crops. Checked on the Trainer's dataset."""
+    p = argparse.ArgumentParser()
+    add_cli_arguments(p)
+    argv = ["--data", str(synthetic_voc), "--out", str(tmp_path / "o"), *TINY_ARGS]
+    if flag is not None:
+        argv += ["--scale", flag]
+    cfg = config_from_args(p.parse_args(argv))
+    assert _scales(cfg) == expected
+
+
+@pytest.mark.parametrize("flag", ["2,1", "0,1", "1", "a,b", "1,nan"])
+def test_bad_scale_is_a_usage_error(synthetic_voc, tmp_path, flag, capsys):
+    p = argparse.ArgumentParser()
+    add_cli_arguments(p)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--data", str(synthetic_voc), "--out", str(tmp_path / "o"), "--scale", flag])
+    assert "--scale" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--scale"):  # the Python API checks it too
+        resolve(tiny_cfg(synthetic_voc, tmp_path / "o", scale=[2.0, 1.0]))

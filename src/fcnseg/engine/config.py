@@ -108,6 +108,13 @@ def split_model_name(name: str) -> tuple[str, str]:
     return ("unet" if m["unet"] else f"{m['stride']}s"), m["backbone"]
 
 
+def check_scale(scale: list[float]) -> None:
+    """``--scale LO,HI``: two finite factors with 0 < LO <= HI, else ConfigError naming the fix."""
+    if len(scale) != 2 or not all(math.isfinite(v) and v > 0 for v in scale) or scale[0] > scale[1]:
+        raise ConfigError(f"--scale {','.join(f'{v:g}' for v in scale)}: expected LO,HI with 0 < LO <= HI "
+                          f"(e.g. 0.5,2), or none")
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Check every setting cheaply (before any work) and fill in defaults; returns a copy."""
     cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs),
@@ -172,6 +179,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.crop_size = [int(v) for v in cfg.crop_size]
     elif cfg.crop_size < 1:
         raise ConfigError(f"--crop-size must be >= 1, got {cfg.crop_size}")
+    if cfg.scale:
+        check_scale(cfg.scale)
+        cfg.scale = [float(v) for v in cfg.scale]
     if cfg.class_weights not in ("none", "median-freq") and not Path(cfg.class_weights).is_file():
         raise ConfigError(f"--class-weights {cfg.class_weights!r}: expected none, median-freq, or an "
                           f"existing file of weights")

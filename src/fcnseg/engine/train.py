@@ -47,12 +47,13 @@ import torch
 
 from fcnseg.data.mask_255 import MODES as MASK_255_MODES
 from fcnseg.engine import distributed as D
-from fcnseg.engine.config import TrainConfig, resolve
+from fcnseg.engine.config import TrainConfig, check_scale, resolve
 from fcnseg.engine.run_dir import load_run_config
 from fcnseg.engine.runtime import AMP_MODES, resolve_device
 from fcnseg.engine.signals import TrainingInterrupted
 from fcnseg.engine.staged import train_staged
 from fcnseg.engine.trainer import Trainer
+from fcnseg.errors import ConfigError
 from fcnseg.sizes import size_argument
 
 # train()'s argument, its resume helper and its exception belong to its API (and are used here).
@@ -157,6 +158,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help=f"crops per step per process (default {d.batch_size})")
     g.add_argument("--val-batch-size", type=int, help="full-size images per validation batch (default 1)")
     g.add_argument("--crop-size", type=size_argument, metavar="N|HxW", help=f"default {d.crop_size}")
+    g.add_argument("--scale", type=scale_argument, metavar="LO,HI|none",
+                   help=f"random rescaling of each training image before the crop, by a factor drawn from "
+                        f"[LO, HI] (default {d.scale[0]:g},{d.scale[1]:g}); none: no rescaling")
     g = p.add_argument_group("fine-tuning (defaults differ with --backbone-weights: shown as pretrained/scratch)")
     g.add_argument("--backbone-lr-mult", type=float, metavar="M",
                    help="backbone learning rate = --lr x M (default 0.1 pretrained / 1 scratch)")
@@ -190,6 +194,22 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf", action="store_true", default=None, help="also compute the BF score at validation")
     g.add_argument("--no-progress", action="store_false", dest="progress", default=None,
                    help="no progress bar")
+
+
+def scale_argument(text: str) -> list[float]:
+    """argparse ``type=`` for ``--scale``: ``"0.75,1.5"`` -> ``[0.75, 1.5]``; ``"none"`` -> ``[]`` (no
+    rescaling; an empty list, because None means "not given" and would fall back to the default)."""
+    if text.strip().lower() in ("none", "off"):
+        return []
+    try:
+        lo, hi = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO,HI (e.g. 0.5,2) or none") from None
+    try:
+        check_scale([lo, hi])
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return [lo, hi]
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
