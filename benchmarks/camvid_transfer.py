@@ -49,6 +49,8 @@ CANDIDATES = {  # name: overrides of BASE (None = drop the flag)
     "no_jitter": {"--color-jitter": "0"},
     "lr_1e-3": {"--lr": "1e-3"},
     "no_weights": {"--class-weights": "none"},
+    "scale_0.75-1.5": {"--scale": "0.75,1.5"},
+    "no_weights+scale_0.75-1.5": {"--class-weights": "none", "--scale": "0.75,1.5"},
     "scratch": {"--backbone-weights": None},
 }
 
