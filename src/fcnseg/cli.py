@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fcnseg.engine.train", "train an FCN on your images and masks (VOC layout or images/ + masks/)"),
     "eval": ("fcnseg.engine.evaluate", "evaluate a checkpoint (confusion matrix, mIoU, BF score)"),
     "predict": ("fcnseg.predict", "segment images: palette PNGs, overlays, heatmaps"),
-    "export": ("fcnseg.export", "export a checkpoint to ONNX, checked against PyTorch"),
+    "export": ("fcnseg.export_cli", "export a checkpoint to ONNX or OpenVINO, checked against PyTorch"),
     "bench": ("fcnseg.bench.cli", "speed benchmark (latency, throughput, GFLOP/s, peak)"),
     "serve": ("fcnseg.serve.cli", "a web page (Gradio) and API that segment uploaded photos"),
     "demo": ("fcnseg.demo", "generate data, train, evaluate and predict in minutes on CPU"),

@@ -16,10 +16,12 @@ Exporters: ``dynamo`` (``torch.onnx.export(dynamo=True)``, needs onnxscript; emi
 >= 18) and ``torchscript`` (the legacy tracer, ``dynamo=False``; any opset, deprecated by
 PyTorch). ``auto`` tries torchscript first for opset < 18 and dynamo first otherwise, and
 falls back to the other if export fails, gives another opset, or fails the check.
+
+``fcnseg export --format openvino`` converts that checked ONNX graph to an OpenVINO IR and checks
+it again (:mod:`fcnseg.export_openvino`); the command itself is :mod:`fcnseg.export_cli`.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -71,6 +73,8 @@ class ExportResult:
     opset: int
     checks: list[CheckResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    runtime: str = "onnxruntime"  # what ran the checks against PyTorch
+    via: str = ""                 # after the ONNX export, e.g. ", converted by OpenVINO 2026.4.1"
 
     @property
     def max_abs_diff(self) -> float:
@@ -84,58 +88,8 @@ class ExportResult:
         rows = [f"  {c.shape[0]}x3x{c.shape[2]}x{c.shape[3]}: max |diff| {c.max_abs_diff:.2e} "
                 f"(logit scale {c.logit_scale:.3g}), argmax agreement {100 * c.agreement:.3f}%"
                 for c in self.checks]
-        return "\n".join([f"exported {self.path} ({self.exporter} exporter, opset {self.opset}); "
-                          f"onnxruntime vs PyTorch:", *rows])
-
-
-def add_cli_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="fcnseg checkpoint (.pt)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17,
-                   help="ONNX opset (default 17; 18+ uses the dynamo exporter)")
-    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
-                   help="torch.onnx exporter (auto: torchscript for opset < 18, else dynamo; "
-                        "each falls back to the other)")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                   help=f"check: max |onnx - torch| <= RTOL * max |logits| + {ATOL:g} (default {DEFAULT_RTOL})")
-    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
-                   help=f"check: minimum argmax agreement (default {DEFAULT_MIN_AGREEMENT})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    g = p.add_argument_group("int8 (post-training static quantisation with onnxruntime)")
-    g.add_argument("--int8", action="store_true",
-                   help="write an int8 model, calibrated on --calib-data and checked against fp32 on other images")
-    g.add_argument("--calib-data", metavar="DIR",
-                   help="dataset root (its --calib-split is used) or a folder of images, typical of the inputs")
-    g.add_argument("--calib-split", default="train", help="split of --calib-data to calibrate on (default train)")
-    g.add_argument("--calib-images", type=int, default=Q.DEFAULT_CALIB_IMAGES,
-                   help=f"images to calibrate on (default {Q.DEFAULT_CALIB_IMAGES})")
-    g.add_argument("--int8-min-agreement", type=float, default=Q.DEFAULT_INT8_MIN_AGREEMENT,
-                   help=f"refuse to write below this argmax agreement with fp32 on held-out images "
-                        f"(default {Q.DEFAULT_INT8_MIN_AGREEMENT})")
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix.lower() != ".onnx":
-        raise ConfigError(f"--out {out}: use a .onnx file name")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    if args.int8 != bool(args.calib_data):
-        raise ConfigError("--int8 needs --calib-data DIR (images to calibrate on), and --calib-data needs --int8")
-    if args.int8:
-        res = export_int8(args.checkpoint, out, args.calib_data, calib_images=args.calib_images,
-                          split=args.calib_split, min_agreement=args.int8_min_agreement, opset=args.opset)
-        for note in res.notes:
-            print(f"fcnseg export: note: {note}")
-        print(res.summary())
-        return 0
-    result = export_onnx(args.checkpoint, out, opset=args.opset, exporter=args.exporter,
-                         rtol=args.rtol, min_agreement=args.min_agreement)
-    for note in result.notes:
-        print(f"fcnseg export: note: {note}")
-    print(result.summary())
-    return 0
+        return "\n".join([f"exported {self.path} ({self.exporter} exporter, opset {self.opset}{self.via}); "
+                          f"{self.runtime} vs PyTorch:", *rows])
 
 
 def export_onnx(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, *, opset: int = 17,
@@ -149,7 +103,7 @@ def export_onnx(checkpoint: str | os.PathLike | dict, out: str | os.PathLike, *,
     """
     if isinstance(checkpoint, dict):
         raise ConfigError("export_onnx takes a checkpoint path")
-    _require_onnx()  # before the (slow) model load
+    require_onnx()  # before the (slow) model load
     model = load_model(checkpoint, device="cpu")
     return export_model(model, out, metadata=model_metadata(model), opset=opset, exporter=exporter, rtol=rtol,
                         min_agreement=min_agreement, check_shapes=check_shapes)
@@ -179,20 +133,17 @@ def export_int8(checkpoint: str | os.PathLike, out: str | os.PathLike, calib_dat
     Raises :class:`ExportCheckError` (and writes nothing) when the argmax agreement is below
     ``min_agreement``, or when the fp32 graph itself fails today's export check.
     """
-    _require_onnx()
+    require_onnx()
     require("onnxruntime.quantization", "int8 export (fcnseg export --int8)")
     calib, check, notes = Q.split_files(Q.calibration_files(calib_data, split), calib_images, check_images, seed)
     model = load_model(checkpoint, device="cpu")
     fp32_bytes, _ = _export_bytes(model, "torchscript", opset, model_metadata(model))
     # The fp32 graph is right (on sizes any backbone takes; the int8 one is then judged on real images).
-    _judge(verify(model, fp32_bytes, CHECK_SHAPES[:3]), DEFAULT_RTOL, DEFAULT_MIN_AGREEMENT, "torchscript")
+    judge(verify(model, fp32_bytes, CHECK_SHAPES[:3]), DEFAULT_RTOL, DEFAULT_MIN_AGREEMENT, "torchscript")
     int8_bytes = Q.quantize_onnx(fp32_bytes, calib)
     agreement, rel = Q.compare(model, int8_bytes, check)
     if agreement < min_agreement:
-        raise ExportCheckError(f"{out}: the int8 model agrees with fp32 on {100 * agreement:.2f}% of the pixels "
-                               f"of {len(check)} held-out images (need {100 * min_agreement:.2f}%); nothing was "
-                               f"written. Calibrate on more or more typical images (--calib-images, --calib-data), "
-                               f"or keep the fp32 model")
+        raise ExportCheckError(Q.refusal(out, agreement, len(check), min_agreement))
     info = {"tool": Q.TOOL, "calibration_images": len(calib), "check_images": len(check),
             "agreement": round(agreement, 6), "max_rel_diff": round(rel, 6)}
     int8_bytes = Q.with_metadata(int8_bytes, {META_PRECISION: "int8", META_INT8: json.dumps(info)})
@@ -207,7 +158,22 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: di
                  check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> ExportResult:
     """Export ``model`` (eval mode, CPU), check it, and write it with ``metadata`` atomically."""
     out = Path(out)
-    _require_onnx()
+    proto_bytes, result = checked_onnx(model, out, metadata=metadata, opset=opset, exporter=exporter, rtol=rtol,
+                                       min_agreement=min_agreement, check_shapes=check_shapes)
+    with atomic_write(out, "wb") as f:
+        f.write(proto_bytes)
+    return result
+
+
+def checked_onnx(model: torch.nn.Module, out: str | os.PathLike, *, metadata: dict[str, str],
+                 opset: int = 17, exporter: str = "auto", rtol: float = DEFAULT_RTOL,
+                 min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                 check_shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES) -> tuple[bytes, ExportResult]:
+    """The serialised ONNX graph of ``model``, checked against PyTorch by onnxruntime (falling back
+    between exporters as :func:`export_model` describes), and the report; writes nothing.
+    ``out`` only names the destination in messages and the report."""
+    out = Path(out)
+    require_onnx()
     model = model.eval().cpu()
     if exporter == "auto":
         # dynamo emits opset >= 18 natively (older ones only by a down-conversion that fails
@@ -230,7 +196,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: di
                 raise _ExportFailed(f"it produced opset {used_opset}, not the requested {opset} "
                                     f"(try --opset {used_opset})")
             checks = verify(model, proto_bytes, check_shapes)
-            _judge(checks, rtol, min_agreement, name)
+            judge(checks, rtol, min_agreement, name)
         except (ExportCheckError, _ExportFailed) as e:
             if last:
                 before = "".join(f"; before that: {n}" for n in notes)
@@ -238,9 +204,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, metadata: di
                                        f"written") from None
             notes.append(f"{name} exporter failed ({e}); trying {order[i + 1]}")
             continue
-        with atomic_write(out, "wb") as f:
-            f.write(proto_bytes)
-        return ExportResult(out, name, used_opset, checks, notes)
+        return proto_bytes, ExportResult(out, name, used_opset, checks, notes)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
@@ -266,7 +230,7 @@ def _export_bytes(model: torch.nn.Module, exporter: str, opset: int,
     with tempfile.TemporaryDirectory(prefix="fcnseg-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         try:
-            with warnings.catch_warnings(), _quiet():
+            with warnings.catch_warnings(), quiet():
                 warnings.simplefilter("ignore")  # deprecation chatter from torch.onnx
                 if exporter == "dynamo":
                     torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
@@ -306,6 +270,14 @@ def verify(model: torch.nn.Module, proto_bytes: bytes,
     except Exception as e:  # onnxruntime's error classes are not importable portably
         raise ExportCheckError(f"onnxruntime cannot load the exported model ({type(e).__name__}: "
                                f"{str(e).splitlines()[0][:300]})") from None
+    return compare_with_torch(model, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], "onnxruntime",
+                              shapes, seed)
+
+
+def compare_with_torch(model: torch.nn.Module, run, runtime: str,
+                       shapes: tuple[tuple[int, int, int], ...] = CHECK_SHAPES, seed: int = 0) -> list[CheckResult]:
+    """Run PyTorch and ``run`` (float32 (B, 3, H, W) -> (B, C, H, W) numpy logits; ``runtime`` names it
+    in messages) on seeded random inputs of each (B, H, W); compare logits."""
     gen = torch.Generator().manual_seed(seed)
     results = []
     for b, h, w in shapes:
@@ -313,19 +285,20 @@ def verify(model: torch.nn.Module, proto_bytes: bytes,
         with torch.inference_mode():
             ref = model(x).float().numpy()  # (B, C, H, W)
         try:
-            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            got = run(x.numpy())
         except Exception as e:  # a shape the graph cannot take: dynamic axes did not work
-            raise ExportCheckError(f"onnxruntime failed on input {b}x3x{h}x{w} ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:300]})") from None
+            raise ExportCheckError(f"{runtime} failed on input {b}x3x{h}x{w} ({type(e).__name__}: "
+                                   f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})") from None
         if got.shape != ref.shape:
-            raise ExportCheckError(f"input {b}x3x{h}x{w}: ONNX output {got.shape} != PyTorch {ref.shape}")
+            raise ExportCheckError(f"input {b}x3x{h}x{w}: {runtime} output {got.shape} != PyTorch {ref.shape}")
         diff = float(np.abs(got - ref).max())
         agree = float((got.argmax(1) == ref.argmax(1)).mean())
         results.append(CheckResult((b, 3, h, w), diff, float(np.abs(ref).max()), agree))
     return results
 
 
-def _judge(checks: list[CheckResult], rtol: float, min_agreement: float, exporter: str) -> None:
+def judge(checks: list[CheckResult], rtol: float, min_agreement: float, exporter: str) -> None:
+    """ExportCheckError unless every check is within the tolerances (``exporter`` names the culprit)."""
     for c in checks:
         tol = rtol * c.logit_scale + ATOL
         if not np.isfinite(c.max_abs_diff) or c.max_abs_diff > tol or c.agreement < min_agreement:
@@ -335,7 +308,7 @@ def _judge(checks: list[CheckResult], rtol: float, min_agreement: float, exporte
                 f"{100 * c.agreement:.3f}% (need {100 * min_agreement:.2f}%)")
 
 
-def _require_onnx() -> None:
+def require_onnx() -> None:
     """onnx writes the file, onnxruntime checks it against PyTorch: both are needed."""
     require("onnx", "ONNX export")
     require("onnxruntime", "ONNX export (checking the exported model)")
@@ -346,7 +319,7 @@ def _has_onnxscript() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence the exporters' progress prints (stdout) and log warnings (opset upgrades,
     missing torchvision ops) for the duration of one export; failures still raise."""
     logging.disable(logging.WARNING)
@@ -357,4 +330,5 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-__all__ = ["export_onnx", "export_model", "export_int8", "model_metadata", "verify", "ExportResult", "CheckResult", "ExportCheckError"]
+__all__ = ["export_onnx", "export_model", "export_int8", "checked_onnx", "compare_with_torch", "judge",
+           "model_metadata", "verify", "require_onnx", "ExportResult", "CheckResult", "ExportCheckError"]

@@ -9,9 +9,10 @@ Per input ``<stem>`` (same size as the input, never resized):
 - ``<stem>_panel.png`` with ``--gt DIR``: image | ground truth | prediction | errors,
   ground truth read from ``DIR/<stem>.png``.
 
-Runtimes: ``torch`` (an fcnseg checkpoint) or ``onnx`` (a file from ``fcnseg export``,
-run with onnxruntime; this path never imports torch, so this module imports the torch
-stack only inside the torch branch). The work is done by :mod:`fcnseg.infer`.
+Runtimes: ``torch`` (an fcnseg checkpoint), ``onnx`` (a .onnx file from ``fcnseg export``,
+run with onnxruntime) or ``openvino`` (a .xml + .bin IR from ``fcnseg export --format openvino``,
+run with OpenVINO); the exported paths never import torch, so this module imports the torch
+stack only inside the torch branch. The work is done by :mod:`fcnseg.infer`.
 Unreadable inputs are reported and skipped; the exit code is 1 if any failed, and nothing
 is created when none succeeded.
 
@@ -37,6 +38,7 @@ from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.infer import visualize
 from fcnseg.infer.crf import require_pydensecrf
 from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.openvino_runner import OpenVinoModel
 from fcnseg.infer.runner import check_runner_precision
 from fcnseg.infer.segment import AUTO_OVERLAP, AUTO_TILE, AUTO_TILE_PIXELS, default_overlap, segment_array
 from fcnseg.labels import class_names_or_default
@@ -51,7 +53,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="image files, folders (their images, not recursive) or glob patterns "
                         "(quote them: 'photos/**/*.jpg')")
     p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="CKPT",
-                   help="fcnseg checkpoint (.pt), or an exported .onnx model")
+                   help="fcnseg checkpoint (.pt), or an exported .onnx or OpenVINO .xml model")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
     p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity of the class colours (default 0.4)")
     p.add_argument("--heatmaps", action="store_true", help="also write <stem>_prob_<class>.png per class")
@@ -62,8 +64,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
                         f"'auto' uses {AUTO_TILE} px tiles for images above {AUTO_TILE_PIXELS / 1e6:.1f} MP")
     p.add_argument("--overlap", type=int, default=None, metavar="PX",
                    help=f"tile overlap in px (default SIZE/4; {AUTO_OVERLAP} with --tile auto)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default=None,
-                   help="default: onnx for a .onnx model, else torch")
+    p.add_argument("--runtime", choices=["torch", "onnx", "openvino"], default=None,
+                   help="default: onnx for a .onnx model, openvino for a .xml one, else torch")
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
@@ -205,25 +207,33 @@ def predict_file(model, path: Path, opts: Outputs) -> None:
         files.discard()
 
 
-def load_runner(path: str, runtime: str | None, device: str, precision: str = "auto"):
-    """The model to run: an OnnxModel (no torch) or a TorchRunner over the checkpoint.
+# Exported models: runtime -> (file suffix, runner class, what `fcnseg export` needs to write one).
+EXPORTED = {"onnx": (".onnx", OnnxModel, ""), "openvino": (".xml", OpenVinoModel, " --format openvino")}
 
-    ``precision`` (:data:`PRECISION_CHOICES`): an ONNX model computes in the precision it was
+
+def load_runner(path: str, runtime: str | None, device: str, precision: str = "auto"):
+    """The model to run: an OnnxModel or OpenVinoModel (no torch), or a TorchRunner over the checkpoint.
+
+    ``runtime`` None picks it from the suffix (.onnx: onnx, .xml: openvino, else torch).
+    ``precision`` (:data:`PRECISION_CHOICES`): an exported model computes in the precision it was
     exported in (ConfigError if another is asked); a checkpoint runs in ``precision``.
     """
     path_ = Path(path)
-    is_onnx = path_.suffix.lower() == ".onnx"
-    runtime = runtime or ("onnx" if is_onnx else "torch")
-    if runtime == "onnx":
-        if not is_onnx:
-            raise ConfigError(f"--runtime onnx needs a .onnx model, got {path}; create one with "
-                              f"`fcnseg export --checkpoint {path} --out model.onnx`")
-        onnx_model = OnnxModel(path_, device=device)
-        check_runner_precision(onnx_model, precision)
-        return onnx_model
-    if is_onnx:
-        raise ConfigError(f"{path} is an ONNX model; run it with --runtime onnx (or give a .pt checkpoint)")
-    # Lazy: the torch stack loads only for a torch checkpoint (the ONNX path never imports torch).
+    by_suffix = {suffix: name for name, (suffix, _, _) in EXPORTED.items()}
+    detected = by_suffix.get(path_.suffix.lower())
+    runtime = runtime or detected or "torch"
+    if runtime in EXPORTED:
+        suffix, runner_class, fmt = EXPORTED[runtime]
+        if detected != runtime:
+            raise ConfigError(f"--runtime {runtime} needs a {suffix} model, got {path}; create one with "
+                              f"`fcnseg export --checkpoint CKPT{fmt} --out model{suffix}`")
+        runner = runner_class(path_, device=device)
+        check_runner_precision(runner, precision)
+        return runner
+    if detected is not None:
+        raise ConfigError(f"{path} is an exported {detected} model; run it with --runtime {detected} "
+                          f"(or give a .pt checkpoint)")
+    # Lazy: the torch stack loads only for a torch checkpoint (the exported paths never import torch).
     from fcnseg.api import load_model
     from fcnseg.infer.torch_runner import TorchRunner
 

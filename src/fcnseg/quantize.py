@@ -51,9 +51,10 @@ class Int8Result:
     fp32_bytes: int
     int8_bytes: int
     notes: list[str]
+    tool: str = TOOL           # what quantised it (fcnseg.int8's "tool")
 
     def summary(self) -> str:
-        return (f"exported {self.path} (int8, {TOOL}); calibrated on {self.calibration_images} images; "
+        return (f"exported {self.path} (int8, {self.tool}); calibrated on {self.calibration_images} images; "
                 f"on {self.check_images} held-out images vs fp32 PyTorch: argmax agreement "
                 f"{100 * self.agreement:.2f}%, max |diff| {100 * self.max_rel_diff:.1f}% of the logit scale; "
                 f"size {self.int8_bytes / 1e6:.1f} MB (fp32 {self.fp32_bytes / 1e6:.1f} MB)")
@@ -147,17 +148,31 @@ def compare(model: torch.nn.Module, int8_bytes: bytes, files: Sequence[Path]) ->
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(int8_bytes, opts, providers=["CPUExecutionProvider"])
+    return compare_run(model, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], files)
+
+
+def compare_run(model: torch.nn.Module, run, files: Sequence[Path]) -> tuple[float, float]:
+    """(argmax agreement, max |diff| / max |fp32|) of ``run`` (float32 (1, 3, H, W) -> (1, C, H, W)
+    numpy logits, e.g. an int8 runner) vs fp32 PyTorch on the images ``files``."""
     agree = pixels = 0
     rel = 0.0
     for f in files:
         x = normalize(read_image(f))  # (1, 3, H, W)
         with torch.inference_mode():
             ref = model(torch.from_numpy(x)).float().numpy()  # (1, C, H, W)
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        got = run(x)
         agree += int((got.argmax(1) == ref.argmax(1)).sum())
         pixels += ref[:, 0].size
         rel = max(rel, float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12)))
     return agree / pixels, rel
+
+
+def refusal(out: Path | str, agreement: float, n_check: int, min_agreement: float) -> str:
+    """The message of an int8 export refused for its agreement with fp32 (nothing is written)."""
+    return (f"{out}: the int8 model agrees with fp32 on {100 * agreement:.2f}% of the pixels "
+            f"of {n_check} held-out images (need {100 * min_agreement:.2f}%); nothing was "
+            f"written. Calibrate on more or more typical images (--calib-images, --calib-data), "
+            f"or keep the fp32 model")
 
 
 def with_metadata(proto_bytes: bytes, extra: dict[str, str]) -> bytes:
@@ -169,5 +184,5 @@ def with_metadata(proto_bytes: bytes, extra: dict[str, str]) -> bytes:
     return model.SerializeToString()
 
 
-__all__ = ["quantize_onnx", "compare", "calibration_files", "split_files", "with_metadata", "Int8Result",
-           "DEFAULT_CALIB_IMAGES", "DEFAULT_CHECK_IMAGES", "DEFAULT_INT8_MIN_AGREEMENT", "TOOL"]
+__all__ = ["quantize_onnx", "compare", "compare_run", "refusal", "calibration_files", "split_files", "with_metadata",
+           "Int8Result", "DEFAULT_CALIB_IMAGES", "DEFAULT_CHECK_IMAGES", "DEFAULT_INT8_MIN_AGREEMENT", "TOOL"]

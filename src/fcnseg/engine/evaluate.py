@@ -45,6 +45,7 @@ from fcnseg.engine.workers import default_workers, resolve_workers
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.infer.crf import dense_crf, require_pydensecrf
 from fcnseg.infer.onnx_runner import OnnxModel
+from fcnseg.infer.openvino_runner import OpenVinoModel
 from fcnseg.infer.runner import check_runner_precision
 from fcnseg.infer.segment import segment_array
 from fcnseg.infer.torch_runner import prepared_model
@@ -204,13 +205,13 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default: exact scores), bf16 (CPU fast path in bf16), auto (what predict's "
-                        "auto picks here), or int8 (a .onnx model from `fcnseg export --int8`)")
+                        "auto picks here), or int8 (a .onnx or .xml model from `fcnseg export --int8`)")
 
 
 class OnnxAsModule(torch.nn.Module):
-    """An exported model (fp32 or int8 ONNX, run by onnxruntime) behind evaluate()'s module interface."""
+    """An exported model (fp32 or int8 ONNX run by onnxruntime, or OpenVINO IR) behind evaluate()'s module interface."""
 
-    def __init__(self, runner: OnnxModel):
+    def __init__(self, runner: OnnxModel | OpenVinoModel):
         super().__init__()
         self.runner = runner
         self.num_classes = runner.num_classes
@@ -223,10 +224,11 @@ def eval_model(checkpoint: str, ckpt: dict | None, num_classes: int, dev: torch.
     """The module ``fcnseg eval`` runs for ``--precision``, and auto's Choice (or None).
 
     fp32: the checkpoint's model, eager (exact). bf16/auto on CPU: its prepared fast path in the
-    chosen precision. A .onnx file: onnxruntime (its own precision: int8 for ``export --int8``).
+    chosen precision. A .onnx file: onnxruntime, a .xml one: OpenVINO (its own precision: int8 for
+    ``export --int8``).
     """
     if ckpt is None:  # an exported model
-        runner = OnnxModel(checkpoint)
+        runner = OpenVinoModel(checkpoint) if Path(checkpoint).suffix.lower() == ".xml" else OnnxModel(checkpoint)
         check_runner_precision(runner, precision)
         if runner.num_classes != num_classes:
             raise ConfigError(f"{checkpoint} predicts {runner.num_classes} classes but the data has {num_classes}")
@@ -246,7 +248,7 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
 
     ``mask_255`` ("ignore" or "class", see :mod:`fcnseg.data.mask_255`) defaults to the
     value the checkpoint was trained with. ``precision``: see :func:`eval_model` (``checkpoint``
-    may be a ``.onnx`` file). On CPU, ``amp="auto"`` means full precision: eval's scores are exact
+    may be a ``.onnx`` or OpenVINO ``.xml`` file). On CPU, ``amp="auto"`` means full precision: eval's scores are exact
     unless a precision is asked for.
 
     Returns the :func:`evaluate` dict plus ``class_names``, ``checkpoint``, ``split`` and ``precision``
@@ -271,9 +273,9 @@ def run_eval(checkpoint: str, data: str, split: str = "val", *, bf: bool = False
         err = D.broadcast_object(err)  # every rank stops on rank 0's error (no hang)
         if err:
             raise ConfigError(err)
-    is_onnx = Path(checkpoint).suffix.lower() == ".onnx"
+    is_exported = Path(checkpoint).suffix.lower() in (".onnx", ".xml")  # ONNX, or an OpenVINO IR
     # safe load (weights_only: a malicious pickle is refused)
-    ckpt = None if is_onnx else load_checkpoint(checkpoint)
+    ckpt = None if is_exported else load_checkpoint(checkpoint)
     if mask_255 is None and ckpt is not None:  # as trained
         mask_255 = (ckpt.get("config") or {}).get("mask_255")
     ds = open_dataset(data, split, transforms=eval_transforms(), mask_255=mask_255)

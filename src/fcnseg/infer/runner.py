@@ -3,7 +3,8 @@
 A *runner* has ``num_classes`` (and optionally ``class_names``, ``palette``) and maps
 ``float32 (B, 3, h, w)`` ImageNet-normalised images to ``float32 (B, C, h, w)`` logits, as
 numpy arrays. :class:`fcnseg.infer.torch_runner.TorchRunner` wraps an ``nn.Module``,
-:class:`fcnseg.infer.onnx_runner.OnnxModel` an onnxruntime session.
+:class:`fcnseg.infer.onnx_runner.OnnxModel` an onnxruntime session,
+:class:`fcnseg.infer.openvino_runner.OpenVinoModel` an OpenVINO compiled model.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def as_runner(model, precision: str = "auto") -> Runner:
         from fcnseg.infer.torch_runner import TorchRunner
 
         return TorchRunner(model, precision=precision)
-    raise TypeError(f"expected an fcnseg model (nn.Module from fcnseg.load_model / build_model, "
-                    f"or fcnseg.infer.onnx_runner.OnnxModel), got {type(model).__name__}")
+    raise TypeError(f"expected an fcnseg model (nn.Module from fcnseg.load_model / build_model, or an exported "
+                    f"model's OnnxModel or OpenVinoModel), got {type(model).__name__}")
 
 
 def check_runner_precision(runner, precision: str) -> None:

@@ -96,8 +96,8 @@ def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[Served
         arch = cfg.get("name", "unknown architecture")
         if cfg.get("geometry"):
             arch += f" ({cfg['geometry']})"
-        runtime = ("ONNX Runtime" if path.suffix.lower() == ".onnx"
-                   else f"PyTorch on {getattr(runner, 'device', device)}")
+        runtime = {".onnx": "ONNX Runtime", ".xml": "OpenVINO"}.get(
+            path.suffix.lower(), f"PyTorch on {getattr(runner, 'device', device)}")
         segment_array(runner, np.zeros((64, 64, 3), np.uint8))  # prepare it now, not in a request
         palette = visualize.full_palette(getattr(runner, "palette", None))  # (256, 3) uint8
         models.append(ServedModel(
