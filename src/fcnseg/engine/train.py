@@ -179,8 +179,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, help=f"data-loading processes (default: the usable CPUs minus one "
                                                 f"for the main process, at most 8; here {d.workers})")
     g.add_argument("--amp", choices=AMP_MODES,
-                   help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16; bf16 on "
-                        "CPUs with AMX; off (fp32) on other CPUs")
+                   help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16; on a CPU, "
+                        "bf16 where the CPU has bf16 instructions (avx512_bf16, AMX) and a short probe of this "
+                        "model's training step measures it >= 1.15x faster than fp32, else off (fp32)")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu or cuda")
