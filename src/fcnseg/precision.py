@@ -104,20 +104,30 @@ def decide(flags: frozenset[str], probe: Callable[[], dict[str, float]], *, marg
 _CACHE: dict[tuple, Choice] = {}
 
 
-def auto_precision(workload: str = "inference", model: nn.Module | None = None) -> Choice:
-    """:func:`decide` for this CPU, measured once per process, workload and architecture (then cached).
+def auto_precision(workload: str = "inference", model: nn.Module | None = None,
+                   size: tuple[int, int] | None = None) -> Choice:
+    """:func:`decide` for this CPU, measured once per process, workload, architecture and size (then cached).
 
-    With ``model``, the probe runs that model itself (its fast path, or its training step, on a
-    small input): the answer is for the network that will run, not a stand-in. Without, a small
-    conv stack shaped like FCN's middle layers.
+    With ``model``, the probe runs that model itself (its fast path, or its training step): the
+    answer is for the network that will run, not a stand-in. Without, a small conv stack shaped
+    like FCN's middle layers. ``size`` (h, w): probe at exactly this input size (training passes
+    its crop: the step it will repeat thousands of times); None: start small and grow the input
+    until compute dominates (:func:`probe_scaled`).
     """
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     override = os.environ.get(ENV_OVERRIDE) or None
-    key = (workload, _architecture_key(model))
+    size = None if size is None else (int(size[0]), int(size[1]))
+    key = (workload, _architecture_key(model), size)
     if override is None and key in _CACHE:
         return _CACHE[key]
-    choice = decide(cpu_flags(), lambda: probe_scaled(workload, model=model), workload=workload, override=override)
+
+    def probe() -> dict:
+        if size is None:
+            return probe_scaled(workload, model=model)
+        return {**probe_times(workload, model=model, size=size), "size": size}
+
+    choice = decide(cpu_flags(), probe, workload=workload, override=override)
     if override is None:
         _CACHE[key] = choice
     return choice

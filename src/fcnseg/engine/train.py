@@ -181,7 +181,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", choices=AMP_MODES,
                    help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16; on a CPU, "
                         "bf16 where the CPU has bf16 instructions (avx512_bf16, AMX) and a short probe of this "
-                        "model's training step measures it >= 1.15x faster than fp32, else off (fp32)")
+                        "model's training step at --crop-size measures it >= 1.15x faster than fp32, else off (fp32)")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="auto (default: the GPU if PyTorch sees one, else the CPU), cpu or cuda")
