@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} {args.model_arg} crop {args.crop} batch {args.batch}, {args.threads} threads, "
           f"{'NCHW' if args.nchw else 'channels-last'}; CPU flags: {' '.join(reported_flags())}")
     rows = [measure(args, amp, o) for amp in args.amps.split(",") for o in args.optimizers.split(",")]
-    print(f"--amp auto here: {auto_precision('training', build(args), size_pair(parse_size(args.crop))).reason}")
+    print(f"--amp auto here: {auto_precision('training', build(args), size_pair(parse_size(args.crop)), args.batch).reason}")
     base = rows[0]["img_s_median"]
     for r in rows:
         print(f"amp {r['amp']:<5} {r['optimizer']:<14} {r['img_s_median']:7.2f} img/s median "

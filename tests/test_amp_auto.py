@@ -68,18 +68,18 @@ def test_fresh_run_records_autos_reason(synthetic_voc, tmp_path, monkeypatch):
 
 
 def test_training_probes_at_its_own_crop(synthetic_voc, tmp_path, monkeypatch):
-    """`--amp auto` measures the step the run will repeat: its crop size, not a small stand-in
-    (fcn8s_small w32 gained 1.06x from bf16 at 96x128 but 1.32x at its 288x384 crop). The probe
+    """`--amp auto` measures the step the run will repeat: its crop size and batch, not a small
+    stand-in (EfficientNet-Lite0 gained 0.74x from bf16 at 96x128 x 2, 1.35x at 288x384 x 8). The probe
     runs once (the reason recorded in config.json reuses the cached measurement) and says where."""
     monkeypatch.delenv(P.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(P, "_CACHE", {})
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     sizes = []
     monkeypatch.setattr(P, "probe_times",
-                        lambda w, model=None, size=None: sizes.append((w, size)) or {"fp32": 1.3, "bf16": 1.0})
+                        lambda w, model=None, size=None, batch=None: sizes.append((w, size, batch)) or {"fp32": 1.3, "bf16": 1.0})
     out = tmp_path / "run"
-    train(tiny_cfg(synthetic_voc, out, amp="auto", iters=1, crop_size=[24, 40]))
-    assert sizes == [("training", (24, 40))]
+    train(tiny_cfg(synthetic_voc, out, amp="auto", iters=1, crop_size=[24, 40], batch_size=3))
+    assert sizes == [("training", (24, 40), 3)]
     resolved = json.loads((out / "config.json").read_text())["resolved"]
     assert resolved["amp_dtype"] == "bfloat16"
-    assert resolved["amp_choice"].startswith("--amp auto: bf16: 1.30x faster than fp32 in the training probe at 24x40")
+    assert resolved["amp_choice"].startswith("--amp auto: bf16: 1.30x faster than fp32 in the training probe at 24x40, batch 3")

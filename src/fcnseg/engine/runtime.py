@@ -51,14 +51,16 @@ def amp_from_name(name: str) -> torch.dtype | None:
 
 
 def resolve_amp(mode: str, device: torch.device, recorded: str | None = None,
-                model: torch.nn.Module | None = None, size: tuple[int, int] | None = None) -> torch.dtype | None:
+                model: torch.nn.Module | None = None, size: tuple[int, int] | None = None,
+                batch: int | None = None) -> torch.dtype | None:
     """The autocast dtype for ``--amp`` on ``device`` (None = full fp32).
 
     - ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 only where a short
       training probe (``model``'s own training step when given) measures it >= 1.15x faster than
       fp32 (:func:`fcnseg.precision.auto_precision`; the CPU flags only nominate bf16), else off.
-      ``size``: the training crop (h, w), probed as is (a smaller probe under-states bf16's gain:
-      fcn8s_small w32 measured 1.06x at 96x128 against 1.32x at its 288x384 crop). ``recorded`` (a resumed run's
+      ``size``/``batch``: the training crop (h, w) and batch, probed as they are (a smaller probe
+      under-states bf16's gain: EfficientNet-Lite0 measured 0.74x at 96x128 x 2, 1.35x at its
+      288x384 x 8). ``recorded`` (a resumed run's
       :func:`amp_name`) wins over a new measurement: a run never switches dtype midway.
     - ``bf16``: CPU or CUDA (autocast on CPU supports bf16 everywhere, fast with AMX).
     - ``fp16``: CUDA only (trained with a GradScaler).
@@ -74,7 +76,7 @@ def resolve_amp(mode: str, device: torch.device, recorded: str | None = None,
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type != "cpu":
             return None
-        return torch.bfloat16 if auto_precision("training", model, size).precision == "bf16" else None
+        return torch.bfloat16 if auto_precision("training", model, size, batch).precision == "bf16" else None
     if mode == "fp16":
         if device.type != "cuda":
             raise ConfigError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 or --amp off")
@@ -101,7 +103,7 @@ def recorded_amp(resume_ckpt: dict | None, run_dir: Path) -> str | None:
 
 
 def amp_choice(mode: str, device: torch.device, resumed: bool, model: torch.nn.Module | None = None,
-               size: tuple[int, int] | None = None) -> str:
+               size: tuple[int, int] | None = None, batch: int | None = None) -> str:
     """Why the run trains in its dtype (config.json's ``resolved.amp_choice``)."""
     if mode != "auto":
         return f"--amp {mode}"
@@ -109,7 +111,7 @@ def amp_choice(mode: str, device: torch.device, resumed: bool, model: torch.nn.M
         return "--amp auto: the dtype recorded when the run started (kept on resume)"
     if device.type != "cpu":
         return f"--amp auto on {device.type}"
-    return f"--amp auto: {auto_precision('training', model, size).reason}"
+    return f"--amp auto: {auto_precision('training', model, size, batch).reason}"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

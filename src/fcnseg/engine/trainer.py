@@ -105,7 +105,7 @@ class Trainer:
         self.class_weights = self._class_weights()
         # A resumed run keeps the dtype it started with (auto is measured, and may differ now).
         self.amp_dtype = resolve_amp(cfg.amp, dev, recorded=recorded_amp(resume_ckpt, self.out), model=model,
-                                     size=size_pair(cfg.crop_size))  # probed at the crop it will train on
+                                     size=size_pair(cfg.crop_size), batch=cfg.batch_size)  # the step it will run
         # GradScaler only for fp16 (bf16 has fp32's exponent range: no underflow to fix).
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
 
@@ -182,7 +182,8 @@ class Trainer:
             "resolved": {
                 "device": str(self.device), "amp_dtype": str(self.amp_dtype).replace("torch.", "")
                 if self.amp_dtype else None,
-                "amp_choice": amp_choice(self.cfg.amp, self.device, resumed, self.model, size_pair(self.cfg.crop_size)),
+                "amp_choice": amp_choice(self.cfg.amp, self.device, resumed, self.model,
+                                         size_pair(self.cfg.crop_size), self.cfg.batch_size),
                 "world_size": self.world, "num_classes": self.num_classes,
                 "class_names": list(self.train_ds.class_names),
                 "train_images": len(self.train_ds), "val_images": len(self.val_ds),
