@@ -68,9 +68,9 @@ class OnnxModel:
                                   f"{str(e).splitlines()[0][:200]}); re-export it with fcnseg export") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata = dict(meta)
-        self.class_names = _json(meta, META_CLASS_NAMES, self.path)
-        self.palette = _json(meta, META_PALETTE, self.path)
-        self.config = _json(meta, META_MODEL, self.path) or {}
+        self.class_names = metadata_json(meta, META_CLASS_NAMES, self.path)
+        self.palette = metadata_json(meta, META_PALETTE, self.path)
+        self.config = metadata_json(meta, META_MODEL, self.path) or {}
         self.precision = meta.get(META_PRECISION, "fp32")  # what the graph computes in
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -95,7 +95,9 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, num_classes={self.num_classes})"
 
 
-def _json(meta: dict, key: str, path: Path):
+def metadata_json(meta: dict, key: str, path: Path):
+    """The JSON value of ``meta[key]`` (an exported model's fcnseg metadata; shared by the ONNX and
+    OpenVINO runners), None if absent, a CheckpointError naming ``path`` if it is not JSON."""
     if key not in meta:
         return None
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from fcnseg.errors import CheckpointError, ConfigError
 from fcnseg.infer.onnx_runner import (META_CLASS_NAMES, META_FORMAT, META_INT8, META_MODEL, META_NORMALIZATION,
-                                      META_PALETTE, META_PRECISION, META_VERSION)
+                                      META_PALETTE, META_PRECISION, META_VERSION, metadata_json)
 from fcnseg.optional import require
 
 OPENVINO_FORMAT = "fcnseg-openvino"  # META_FORMAT of an IR written by fcnseg export --format openvino
@@ -82,9 +82,9 @@ class OpenVinoModel:
             raise CheckpointError(f"{self.path}: not an fcnseg OpenVINO model (no fcnseg metadata in its rt_info); "
                                   f"export one with `fcnseg export --format openvino`")
         self.metadata = meta
-        self.class_names = _json(meta, META_CLASS_NAMES, self.path)
-        self.palette = _json(meta, META_PALETTE, self.path)
-        self.config = _json(meta, META_MODEL, self.path) or {}
+        self.class_names = metadata_json(meta, META_CLASS_NAMES, self.path)
+        self.palette = metadata_json(meta, META_PALETTE, self.path)
+        self.config = metadata_json(meta, META_MODEL, self.path) or {}
         self.precision = meta.get(META_PRECISION, "fp32")  # what the graph computes in
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise CheckpointError(f"{self.path}: expected one input and one output, found {len(model.inputs)} and "
@@ -121,15 +121,6 @@ class OpenVinoModel:
 
     def __repr__(self) -> str:
         return f"OpenVinoModel({str(self.path)!r}, num_classes={self.num_classes}, precision={self.precision!r})"
-
-
-def _json(meta: dict, key: str, path: Path):
-    if key not in meta:
-        return None
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: metadata {key} is not valid JSON; re-export the model") from None
 
 
 def _first_line(e: Exception) -> str:
