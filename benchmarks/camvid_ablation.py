@@ -53,6 +53,8 @@ def recipe_for(model: str) -> list[str]:
     args = list(RECIPE)
     args[args.index("--model") + 1] = model
     args[args.index("--val-every") + 1] = "10"
+    # The ablation's recorded figures were trained in fp32, before the recipe moved to --amp auto.
+    args[args.index("--amp") + 1] = "off"
     return args
 
 
