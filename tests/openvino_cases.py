@@ -36,7 +36,8 @@ from fcnseg.infer.openvino_runner import OPENVINO_FORMAT, OpenVinoModel  # noqa:
 from fcnseg.infer.runner import as_runner  # noqa: E402
 from fcnseg.predict import load_runner  # noqa: E402
 
-from _engine_utils import subprocess_env, tiny_cfg, torch_one_thread  # noqa: E402,F401 (autouse fixture)
+from _engine_utils import subprocess_env, torch_one_thread  # noqa: E402,F401 (autouse fixture)
+from _int8_fixtures import shapes_data, trained_ckpt  # noqa: E402,F401 (fixtures)
 from _predict_utils import CLASS_NAMES, PALETTE, save_tiny_checkpoint, smooth_image, write_image  # noqa: E402
 
 
@@ -55,26 +56,6 @@ def exported(tmp_path_factory):
     rc, stdout = _cli("export", "--checkpoint", str(ck), "--format", "openvino", "--out", str(d / "model.xml"))
     assert rc == 0
     return ck, d / "model.xml", stdout
-
-
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory):
-    """Synthetic shapes, 48x64: 16 train images (calibration + held-out check) and 4 val."""
-    from fcnseg.data.synthetic import make_synthetic_voc
-
-    return make_synthetic_voc(tmp_path_factory.mktemp("shapes"), n_train=16, n_val=4, size=(48, 64),
-                              num_classes=4, seed=1)
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(shapes_data, tmp_path_factory):
-    """fcn8s_small w8 trained for 60 steps (as tests/test_int8.py): int8 is not judged on random weights."""
-    from fcnseg.engine.train import train
-
-    out = tmp_path_factory.mktemp("run") / "r"
-    torch.set_num_threads(1)
-    train(tiny_cfg(shapes_data, out, iters=60, crop_size=48, lr=0.05))
-    return out / "last.pt"
 
 
 def test_cli_export_reports_the_openvino_check(exported):

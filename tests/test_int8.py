@@ -17,38 +17,20 @@ from fcnseg.cli import main
 from fcnseg.data.image_files import read_image, read_mask
 from fcnseg.data.voc import VOCSegmentation
 from fcnseg.engine.evaluate import run_eval
-from fcnseg.engine.train import train
 from fcnseg.export import ExportCheckError, export_int8
 from fcnseg.infer.arrays import normalize
 from fcnseg.infer.onnx_runner import META_INT8, OnnxModel
 from fcnseg.models import build_model
-from fcnseg.quantize import calibration_files, split_files
-from tests._engine_utils import tiny_cfg, torch_one_thread  # noqa: F401 (autouse fixture)
+from fcnseg.errors import ConfigError
+from fcnseg.quantize import calibration_files, fp32_nodes, split_files
+from tests._engine_utils import torch_one_thread  # noqa: F401 (autouse fixture)
+from tests._int8_fixtures import shapes_data, trained_ckpt  # noqa: F401 (fixtures)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import precision_table  # noqa: E402
 
 pytest.importorskip("onnxruntime.quantization", reason="onnxruntime is not installed (pip install 'fcnseg[onnx]')")
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'fcnseg[onnx]')")
-
-
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory):
-    """Synthetic shapes, 48x64: 16 train images (calibration + held-out check) and 4 val."""
-    from fcnseg.data.synthetic import make_synthetic_voc
-
-    return make_synthetic_voc(tmp_path_factory.mktemp("shapes"), n_train=16, n_val=4, size=(48, 64),
-                              num_classes=4, seed=1)
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(shapes_data, tmp_path_factory):
-    """fcn8s_small w8 trained for 60 steps: confident, structured predictions (int8 is never
-    judged on random weights only)."""
-    out = tmp_path_factory.mktemp("run") / "r"
-    torch.set_num_threads(1)
-    train(tiny_cfg(shapes_data, out, iters=60, crop_size=48, lr=0.05))
-    return out / "last.pt"
 
 
 def _measure(model_path, ckpt_model, files) -> tuple[float, float, float]:
@@ -110,6 +92,47 @@ def test_calibration_and_check_images_are_disjoint(shapes_data):
     assert split_files(files, 10, 4) == (calib, check, notes)  # seeded
     calib, check, notes = split_files(files, 20, 4)
     assert len(calib) == 16 and check == calib[:4] and len(notes) == 2
+
+
+def _graph(name: str, **kwargs):
+    """The exported fp32 ONNX graph of a random-weight ``name`` with 4 classes."""
+    import onnx
+
+    from fcnseg.export import _export_bytes
+
+    torch.manual_seed(0)
+    model = build_model(name, 4, **kwargs).eval()
+    return onnx.load_from_string(_export_bytes(model, "torchscript", 17, {})[0]).graph
+
+
+def test_the_parts_kept_fp32_are_found_by_structure():
+    """``fp32_nodes`` finds each part by what it is (op type, group, place in the graph), checked
+    here against what the FCN-8s head is: 3 score convs (the 1x1 convs to 4 classes), 3 upsampling
+    ConvTransposes, 2 fusion sums, and every node after the first score conv; no backbone conv."""
+    g = _graph("fcn8s_small", width=8)
+    by_name = {n.name: n for n in g.node}
+    head = [by_name[n] for n in fp32_nodes(g, ["head"])]
+    convs = [n for n in head if n.op_type == "Conv"]
+    assert len(convs) == 3 and all("score" in n.name for n in convs), [n.name for n in convs]
+    assert sum(n.op_type == "ConvTranspose" for n in head) == 3
+    # the two fusion sums (upsampled scores + cropped skip scores; other Adds are shape arithmetic)
+    assert sum(n.op_type == "Add" and any("ConvTranspose" in i for i in n.input) for n in head) == 2
+    # after the first score conv, every (transposed) conv is in the head (nodes are topologically sorted)
+    first = next(i for i, n in enumerate(g.node) if n.name == convs[0].name)
+    assert {n.name for n in g.node[first:] if n.op_type in ("Conv", "ConvTranspose")} <= {n.name for n in head}
+    assert [by_name[n].op_type for n in fp32_nodes(g, ["upsampling"])] == ["ConvTranspose"] * 3
+    stem = fp32_nodes(g, ["stem"])
+    assert stem == ["/backbone/stem/stem.0/Conv"], stem  # the small backbone's first conv
+    assert fp32_nodes(g, ["depthwise"]) == []  # the small backbone has no grouped convs
+    with pytest.raises(ConfigError, match="unknown part"):
+        fp32_nodes(g, ["heads"])
+
+
+def test_depthwise_convs_are_the_grouped_ones():
+    g = _graph("fcn8s_efficientnet_lite0")
+    dw = [n for n in g.node if n.name in set(fp32_nodes(g, ["depthwise"]))]
+    # EfficientNet-Lite0: one depthwise conv per MBConv block, 16 blocks
+    assert len(dw) == 16 and all(next(a.i for a in n.attribute if a.name == "group") > 1 for n in dw)
 
 
 @pytest.mark.parametrize("name,kwargs", [("unet_small", {"width": 8}), ("fcn8s_efficientnet_lite0", {}),

@@ -112,11 +112,62 @@ class _Reader:
         self.i = 0
 
 
-def quantize_onnx(fp32_bytes: bytes, calib: Sequence[Path | np.ndarray]) -> bytes:
+# Parts of the graph that may stay fp32 (``keep_fp32``), by what they are rather than by name:
+#   "upsampling": the ConvTransposes (bilinear kernels on a few class channels: cheap)
+#   "head": the score convs and everything after them (fusion sums, crops, upsampling): the
+#           layers that compute the logits themselves, a few class channels, ~0.1% of the work
+#   "depthwise": grouped convs (EfficientNet's, MobileNet's), whose per-channel ranges vary most
+#   "stem": the first conv, reading the image (3 input channels: a tiny share of the work)
+KEEP_FP32_CHOICES = ("upsampling", "head", "depthwise", "stem")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def fp32_nodes(graph, keep: Sequence[str]) -> list[str]:
+    """Names of the nodes of an ONNX ``graph`` that the parts ``keep`` (KEEP_FP32_CHOICES) cover."""
+    unknown = set(keep) - set(KEEP_FP32_CHOICES)
+    if unknown:
+        raise ConfigError(f"keep_fp32: unknown part(s) {sorted(unknown)}; choose from {', '.join(KEEP_FP32_CHOICES)}")
+    inits = {t.name: t for t in graph.initializer}
+    names: list[str] = []
+
+    def group(n) -> int:
+        return next((a.i for a in n.attribute if a.name == "group"), 1)
+
+    if "upsampling" in keep:
+        names += [n.name for n in graph.node if n.op_type == "ConvTranspose"]
+    if "depthwise" in keep:
+        names += [n.name for n in graph.node if n.op_type == "Conv" and group(n) > 1]
+    if "stem" in keep:  # the first conv in topological order: the one that reads the image
+        names += [n.name for n in graph.node if n.op_type == "Conv"][:1]
+    if "head" in keep:
+        # The score convs: 1x1 convs producing as many channels as the model's output has
+        # classes; then every node downstream of them (nodes are in topological order).
+        out_shape = graph.output[0].type.tensor_type.shape.dim
+        n_classes = out_shape[1].dim_value if len(out_shape) > 1 else 0
+        tainted: set[str] = set()
+        for n in graph.node:
+            w = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+            is_score = (w is not None and len(w.dims) == 4 and tuple(w.dims[2:]) == (1, 1)
+                        and n_classes > 0 and w.dims[0] == n_classes)
+            if is_score or any(i in tainted for i in n.input):
+                names.append(n.name)
+                tainted.update(n.output)
+    return list(dict.fromkeys(names))
+
+
+def quantize_onnx(fp32_bytes: bytes, calib: Sequence[Path | np.ndarray], *, calibrate: str = "minmax",
+                  keep_fp32: Sequence[str] = ("upsampling",), percentile: float = 99.999) -> bytes:
     """The QDQ int8 model of an fp32 fcnseg ONNX graph, calibrated on ``calib`` (image files, or
-    normalised (1, 3, H, W) float32 arrays)."""
+    normalised (1, 3, H, W) float32 arrays). ``keep_fp32``: parts left unquantised
+    (:data:`KEEP_FP32_CHOICES`); ``calibrate``: how activation ranges are set
+    (:data:`CALIBRATION_METHODS`; ``percentile`` clips at that percentile of |x|)."""
     q = require("onnxruntime.quantization", "int8 export (fcnseg export --int8)")
     onnx = require("onnx", "int8 export")
+    if calibrate not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibrate={calibrate!r}: choose from {', '.join(CALIBRATION_METHODS)}")
+    method = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
+              "entropy": q.CalibrationMethod.Entropy}[calibrate]
+    extra = {"CalibPercentile": percentile} if calibrate == "percentile" else {}
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
         src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(fp32_bytes)
@@ -127,11 +178,11 @@ def quantize_onnx(fp32_bytes: bytes, calib: Sequence[Path | np.ndarray]) -> byte
         # The upsampling ConvTransposes stay fp32: bilinear kernels on a few class channels cost
         # little, and quantising them measurably lowered the agreement with fp32 (98.5% -> 98.9%
         # argmax agreement without them, fcn8s_small trained on shapes).
-        upsampling = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "ConvTranspose"]
+        excluded = fp32_nodes(onnx.load(str(pre)).graph, keep_fp32)
         q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
                           activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                          per_channel=True, calibrate_method=q.CalibrationMethod.MinMax,
-                          nodes_to_exclude=upsampling)
+                          per_channel=True, calibrate_method=method, nodes_to_exclude=excluded,
+                          extra_options=extra)
         model = onnx.load(str(dst))
     # quantize_static keeps the graph, not the file's metadata: copy it over.
     src_meta = {p.key: p.value for p in onnx.load_from_string(fp32_bytes).metadata_props}
