@@ -46,7 +46,10 @@ ORT_CANDIDATES = {  # name: (calibration method, parts kept fp32)
     "percentile+head": ("percentile", ("head",)),
     "entropy+head": ("entropy", ("head",)),
 }
-OV_CANDIDATES = {"nncf": (), "nncf+head": ("head",)}
+OV_CANDIDATES = {"nncf": (), "nncf+head": ("head",), "nncf+head+ac": ("head",)}
+# "+ac": nncf.quantize_with_accuracy_control, which reverts the layers that cost most to fp32 until
+# the argmax agreement with fp32 on --ac-images OTHER train images (neither calibration nor check)
+# is within 1 point of 100%.
 
 
 def ort_session(model_bytes: bytes, threads: int):
@@ -59,7 +62,7 @@ def ort_session(model_bytes: bytes, threads: int):
     return lambda x: s.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
-def ov_runner(fp32_bytes: bytes, calib, keep: tuple, threads: int, tmp: Path):
+def ov_runner(fp32_bytes: bytes, calib, keep: tuple, threads: int, tmp: Path, ac_refs=None):
     ov = require("openvino", "the OpenVINO candidates (--openvino)")
     nncf = require("nncf", "the OpenVINO candidates (--openvino)")
     onnx = require("onnx", "int8 selection")
@@ -71,8 +74,16 @@ def ov_runner(fp32_bytes: bytes, calib, keep: tuple, threads: int, tmp: Path):
     # OpenVINO keeps the ONNX node names as the operations' friendly names.
     ignored = nncf.IgnoredScope(names=names, validate=False) if names else None
     kwargs = {"ignored_scope": ignored} if ignored else {}
-    q = nncf.quantize(model, nncf.Dataset([normalize(read_image(f)) for f in calib]), subset_size=len(calib),
-                      preset=nncf.QuantizationPreset.PERFORMANCE, **kwargs)
+    calib_ds = nncf.Dataset([normalize(read_image(f)) for f in calib])
+    if ac_refs is None:
+        q = nncf.quantize(model, calib_ds, subset_size=len(calib), preset=nncf.QuantizationPreset.PERFORMANCE, **kwargs)
+    else:
+        def agreement(compiled, items):  # items: (x (1,3,H,W), fp32 argmax (1,H,W))
+            hits = [float((compiled(x)[0].argmax(1) == ref).mean()) for x, ref in items]
+            return float(np.mean(hits)), hits
+        q = nncf.quantize_with_accuracy_control(
+            model, calib_ds, nncf.Dataset(ac_refs), agreement, max_drop=0.01, subset_size=len(calib),
+            preset=nncf.QuantizationPreset.PERFORMANCE, **kwargs)
     compiled = core.compile_model(q, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
     path = tmp / "int8_ov.xml"
     ov.save_model(q, str(path), compress_to_fp16=False)
@@ -87,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-images", type=int, default=32)
     p.add_argument("--check-images", type=int, default=64)
     p.add_argument("--candidates", default=",".join(ORT_CANDIDATES))
+    p.add_argument("--ov-candidates", default=",".join(OV_CANDIDATES))
     p.add_argument("--openvino", action="store_true", help="also the NNCF candidates")
+    p.add_argument("--ac-images", type=int, default=32, help="validation images of the accuracy control")
     p.add_argument("--latency-size", default="360x480")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
@@ -95,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    calib, check, notes = split_files(calibration_files(args.data, "train"), args.calib_images, args.check_images)
+    calib, rest, notes = split_files(calibration_files(args.data, "train"), args.calib_images,
+                                     args.check_images + args.ac_images)
+    check, ac_files = rest[:args.check_images], rest[args.check_images:]
     model = load_model(args.checkpoint, device="cpu")
     fp32_bytes, _ = _export_bytes(model, "torchscript", 17, model_metadata(model))
     h, w = parse_size(args.latency_size)
@@ -110,10 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         q = quantize_onnx(fp32_bytes, calib, calibrate=method, keep_fp32=keep)
         runners[name] = (ort_session(q, args.threads), len(q), time.perf_counter() - t0)
     if args.openvino:
-        for name, keep in OV_CANDIDATES.items():
+        refs = None
+        for name in args.ov_candidates.split(","):
+            keep = OV_CANDIDATES[name]
+            if name.endswith("+ac") and refs is None:
+                refs = []
+                for f in ac_files:
+                    x_ac = normalize(read_image(f))
+                    with torch.inference_mode():
+                        refs.append((x_ac, model(torch.from_numpy(x_ac)).argmax(1).numpy()))
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                run, size = ov_runner(fp32_bytes, calib, keep, args.threads, Path(tmp))
+                run, size = ov_runner(fp32_bytes, calib, keep, args.threads, Path(tmp),
+                                      ac_refs=refs if name.endswith("+ac") else None)
                 runners[name] = (run, size, time.perf_counter() - t0)
     for name, (run, size, quant_s) in runners.items():
         agreement, rel = compare_run(model, run, check)
@@ -132,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "checkpoint": args.checkpoint, "cpu_flags": reported_flags(), "threads": args.threads,
-            "calibration_images": len(calib), "check_images": len(check), "notes": notes,
+            "calibration_images": len(calib), "check_images": len(check), "ac_images": len(ac_files), "notes": notes,
             "latency_size": args.latency_size, "rows": rows, "chosen_ort": chosen,
             "candidates": {k: {"calibrate": m, "keep_fp32": list(kp)} for k, (m, kp) in ORT_CANDIDATES.items()},
         }, indent=2) + "\n")
