@@ -171,6 +171,37 @@ def test_int8_export_records_its_agreement_and_agrees_with_fp32(trained_ckpt, sh
     assert scores["precision"] == "int8" and 0.0 < scores["pixel_acc"] <= 1.0
 
 
+def test_accuracy_control_reaches_its_target_on_its_own_images(trained_ckpt, shapes_data, tmp_path):
+    """NNCF's accuracy control reverts layers to fp32 until the agreement with fp32 on its
+    validation images reaches the target: re-measured here on those images with the saved IR, as
+    predict runs it, against plain NNCF (the same calibration) on the same images."""
+    pytest.importorskip("nncf")
+    from fcnseg import quantize as Q
+    from fcnseg.export_openvino import export_openvino_int8
+
+    ckpt_model = fcnseg.load_model(trained_ckpt)
+    _, rest, _ = Q.split_files(Q.calibration_files(shapes_data, "train"), 4, 4 + 8)
+    ac_files = rest[4:]  # the images export_openvino_int8 validates on (after 4 check images)
+    assert len(ac_files) == 8
+
+    def measured(path):
+        runner = OpenVinoModel(path)
+        return Q.compare_run(ckpt_model, lambda x: runner(x), ac_files)[0]
+
+    plain = export_openvino_int8(trained_ckpt, tmp_path / "plain.xml", shapes_data, calib_images=4, check_images=4,
+                                 min_agreement=0.0, ac_images=0)
+    assert "accuracy_control" not in plain.tool
+    target = 0.99
+    ac = export_openvino_int8(trained_ckpt, tmp_path / "ac.xml", shapes_data, calib_images=4, check_images=4,
+                              min_agreement=0.0, target_agreement=target, ac_images=8)
+    assert "quantize_with_accuracy_control (agreement >= 0.99 on 8 other train images)" in ac.tool
+    before, after = measured(tmp_path / "plain.xml"), measured(tmp_path / "ac.xml")
+    assert before < target, before  # else this test shows nothing: plain NNCF already reaches it
+    assert after >= target, (before, after)
+    meta = OpenVinoModel(tmp_path / "ac.xml").metadata
+    assert json.loads(meta[META_INT8])["tool"] == ac.tool
+
+
 def test_int8_below_the_threshold_writes_nothing_and_keeps_the_old_pair(trained_ckpt, shapes_data, tmp_path):
     pytest.importorskip("nncf")
     from fcnseg.export_openvino import export_openvino_int8
@@ -180,7 +211,9 @@ def test_int8_below_the_threshold_writes_nothing_and_keeps_the_old_pair(trained_
     out.with_suffix(".bin").write_bytes(b"old bin")
     with pytest.raises(ExportCheckError, match=r"agrees with fp32 on \d+\.\d\d% .*need 100\.00%.*nothing was "
                                                r"written.*--calib-images"):
-        export_openvino_int8(trained_ckpt, out, shapes_data, calib_images=4, check_images=8, min_agreement=1.0)
+        # (no accuracy control: it would revert layers until it reached 100%)
+        export_openvino_int8(trained_ckpt, out, shapes_data, calib_images=4, check_images=8, min_agreement=1.0,
+                             ac_images=0)
     assert out.read_bytes() == b"old xml" and out.with_suffix(".bin").read_bytes() == b"old bin"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.bin", "q.xml"]  # no staging folder left
 
