@@ -79,7 +79,7 @@ def test_int8_below_the_agreement_threshold_is_refused(trained_ckpt, shapes_data
     agreement and the fix in the one-line message."""
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportCheckError, match=r"agrees with fp32 on \d+\.\d\d% .*need 100\.00%.*nothing was "
-                                               r"written.*--calib-images"):
+                                               r"written.*--calib-images.*--format openvino --int8"):
         export_int8(trained_ckpt, out, shapes_data, calib_images=4, check_images=8, min_agreement=1.0)
     assert not out.exists() and not list(tmp_path.iterdir())
 

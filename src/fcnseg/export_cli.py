@@ -2,7 +2,9 @@
 (:mod:`fcnseg.export`, ``.onnx``) or the OpenVINO one (:mod:`fcnseg.export_openvino`, ``.xml`` + ``.bin``).
 
 Both are checked against PyTorch before anything is written; ``--int8 --calib-data DIR`` quantises
-(onnxruntime for ONNX, NNCF for OpenVINO) and refuses below ``--int8-min-agreement``.
+(onnxruntime for ONNX; NNCF with accuracy control for OpenVINO, which reverts the layers that cost
+most to fp32 until ``--int8-min-agreement`` holds on other training images) and refuses below
+``--int8-min-agreement``.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                    help=f"check: minimum argmax agreement (default {DEFAULT_MIN_AGREEMENT})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    g = p.add_argument_group("int8 (post-training static quantisation: onnxruntime for onnx, NNCF for openvino)")
+    g = p.add_argument_group("int8 (post-training static quantisation: onnxruntime for onnx; NNCF for openvino, "
+                             "with accuracy control: the layers that cost most stay fp32)")
     g.add_argument("--int8", action="store_true",
                    help="write an int8 model, calibrated on --calib-data and checked against fp32 on other images")
     g.add_argument("--calib-data", metavar="DIR",
@@ -43,8 +46,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-images", type=int, default=Q.DEFAULT_CALIB_IMAGES,
                    help=f"images to calibrate on (default {Q.DEFAULT_CALIB_IMAGES})")
     g.add_argument("--int8-min-agreement", type=float, default=Q.DEFAULT_INT8_MIN_AGREEMENT,
-                   help=f"refuse to write below this argmax agreement with fp32 on held-out images "
-                        f"(default {Q.DEFAULT_INT8_MIN_AGREEMENT})")
+                   help=f"refuse to write below this argmax agreement with fp32 on held-out images; "
+                        f"openvino: also the accuracy control's target (default {Q.DEFAULT_INT8_MIN_AGREEMENT})")
 
 
 def cli_main(args: argparse.Namespace) -> int:

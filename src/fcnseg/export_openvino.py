@@ -140,7 +140,7 @@ def export_openvino_int8(checkpoint: str | os.PathLike, out: str | os.PathLike, 
         agreement, rel = Q.compare_run(model, lambda x: compiled(x)[0], check)
         del compiled
         if agreement < min_agreement:
-            raise ExportCheckError(Q.refusal(out, agreement, len(check), min_agreement))
+            raise ExportCheckError(Q.refusal(out, agreement, len(check), min_agreement, openvino=True))
         info = {"tool": tool, "calibration_images": len(calib), "check_images": len(check),
                 "agreement": round(agreement, 6), "max_rel_diff": round(rel, 6)}
         set_metadata(int8, {**ov_metadata(model), META_PRECISION: "int8", META_INT8: json.dumps(info)})

@@ -221,11 +221,13 @@ def compare_run(model: torch.nn.Module, run, files: Sequence[Path]) -> tuple[flo
     return agree / pixels, rel
 
 
-def refusal(out: Path | str, agreement: float, n_check: int, min_agreement: float) -> str:
+def refusal(out: Path | str, agreement: float, n_check: int, min_agreement: float, *, openvino: bool = False) -> str:
     """The message of an int8 export refused for its agreement with fp32 (nothing is written)."""
+    hint = ("" if openvino else ", or export with --format openvino --int8 (NNCF's accuracy control "
+            "keeps the layers that cost most in fp32)")
     return (f"{out}: the int8 model agrees with fp32 on {100 * agreement:.2f}% of the pixels "
             f"of {n_check} held-out images (need {100 * min_agreement:.2f}%); nothing was "
-            f"written. Calibrate on more or more typical images (--calib-images, --calib-data), "
+            f"written. Calibrate on more or more typical images (--calib-images, --calib-data){hint}, "
             f"or keep the fp32 model")
 
 
