@@ -40,6 +40,40 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni")))
 
 
+def learning_curve(metrics: list[dict], launch: float | None) -> list[tuple]:
+    """(minutes from launch, epoch, val mIoU) of each validation row of metrics.jsonl."""
+    return [(None if launch is None else (m["time"] - launch) / 60, m["epoch"], m["val"]["miou"])
+            for m in metrics if (m.get("val") or {}).get("miou") is not None]
+
+
+def first_reaching(curve: list[tuple], target: float) -> tuple | None:
+    """The first point of ``curve`` at or above ``target`` mIoU (time-to-accuracy), or None."""
+    return next((c for c in curve if c[2] >= target), None)
+
+
+def plot_runs(runs: list[Path], png: Path, target: float) -> int:
+    """Val mIoU (in-training validation) against minutes from launch, one line per run."""
+    from fcnseg.plots import new_figure, save_figure
+
+    fig = new_figure(7.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for run in runs:
+        b = json.loads((run / "benchmark.json").read_text())
+        minutes, _, miou = zip(*b["curve_minutes_epoch_miou"])
+        label = (f"{b['amp_dtype'] or 'fp32'} ({run.name}): final {100 * b['eval']['miou']:.1f}% "
+                 f"after {b['train_seconds'] / 60:.1f} min")
+        ax.plot(minutes, [100 * v for v in miou], "o-", label=label)
+    ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("minutes from launch (2 CPU cores)")
+    ax.set_ylabel("val mIoU (%), every 5 epochs")
+    ax.set_title("camvid-voc CPU recipe (fcn8s_small w32, 85 epochs)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    save_figure(fig, png)
+    print(f"wrote {png}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/camvid-voc"))
@@ -49,9 +83,15 @@ def main() -> int:
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
                    help="override the recipe's --amp (off = the fp32 comparison run)")
     p.add_argument("--target", type=float, default=0.55, help="val mIoU for the time-to-accuracy figure")
+    p.add_argument("--plot", nargs="+", metavar="RUN", default=None,
+                   help="only plot val mIoU against minutes of the given --out folders (their benchmark.json) "
+                        "into --plot-png, and exit")
+    p.add_argument("--plot-png", default="docs/camvid_cpu_curve.png")
     p.add_argument("--skip-train", action="store_true", help="only evaluate an existing run")
     p.add_argument("--crf-images", type=int, default=None, help="limit the CRF measurement")
     args = p.parse_args()
+    if args.plot:
+        return plot_runs([Path(r) for r in args.plot], Path(args.plot_png), args.target)
     out = Path(args.out)
     recipe = list(RECIPE)
     recipe[recipe.index("--amp") + 1] = args.amp
@@ -91,8 +131,8 @@ def main() -> int:
     metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((out / "train" / "config.json").read_text())
     # (minutes from launch, epoch, in-training val mIoU) per validation
-    curve = [(None if launch is None else (m["time"] - launch) / 60, m["epoch"], m["val"]["miou"]) for m in metrics]
-    reached = next((c for c in curve if c[2] >= args.target), None)
+    curve = learning_curve(metrics, launch)
+    reached = first_reaching(curve, args.target)
     for minutes, epoch, miou in curve:
         print(f"  epoch {epoch:5.1f}  {'?' if minutes is None else f'{minutes:5.1f}'} min  val mIoU {100 * miou:.1f}")
     print(f"amp: {config['resolved']['amp_choice']} (dtype {config['resolved']['amp_dtype']}); "

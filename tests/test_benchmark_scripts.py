@@ -2,6 +2,7 @@
 CPU recipe with only the head, geometry or seed changed, and report what it measured."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ def test_ablation_uses_the_recipe_with_only_the_model_changed(model):
     assert args[args.index("--model") + 1] == model
     diff = [(a, b) for a, b in zip(camvid_cpu.RECIPE, args) if a != b]
     assert len(args) == len(camvid_cpu.RECIPE)
-    assert all(b in (model, "10") for _, b in diff)  # the model, and validation every 10 epochs
+    # the model, validation every 10 epochs, and fp32 (the ablation's recorded figures are fp32)
+    assert all(b in (model, "10", "off") for _, b in diff)
+    assert args[args.index("--amp") + 1] == "off" and camvid_cpu.RECIPE[camvid_cpu.RECIPE.index("--amp") + 1] == "auto"
 
 
 def test_ablation_variants_share_backbone_and_differ_as_named():
@@ -118,3 +121,40 @@ def test_transfer_scratch_and_pretrained_differ_only_in_the_weights():
     i = pre.index("--backbone-weights")
     assert pre[i + 1] == "imagenet" and pre[:i] + pre[i + 2:] == scr
     assert pre[pre.index("--bn") + 1] == "frozen" and pre[pre.index("--max-minutes") + 1] == "30.0"
+
+
+def test_cpu_recipe_time_to_accuracy_and_its_plot(tmp_path):
+    rows = [{"epoch": 5.0, "time": 1000.0 + 120, "val": {"miou": 0.40}},
+            {"epoch": 10.0, "time": 1000.0 + 300, "val": {"miou": 0.56}},
+            {"epoch": 12.5, "time": 1000.0 + 330, "partial": True, "val": {"miou": None}},
+            {"epoch": 15.0, "time": 1000.0 + 480, "val": {"miou": 0.50}}]
+    curve = camvid_cpu.learning_curve(rows, launch=1000.0)
+    assert curve == [(2.0, 5.0, 0.40), (5.0, 10.0, 0.56), (8.0, 15.0, 0.50)]  # rows without a score left out
+    assert camvid_cpu.first_reaching(curve, 0.55) == (5.0, 10.0, 0.56)  # the first time, not the last
+    assert camvid_cpu.first_reaching(curve, 0.60) is None
+    runs = []
+    for name, dtype in (("auto", "bfloat16"), ("fp32", None)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "benchmark.json").write_text(json.dumps({"curve_minutes_epoch_miou": curve, "amp_dtype": dtype,
+                                                         "eval": {"miou": 0.5}, "train_seconds": 600}))
+        runs.append(run)
+    assert camvid_cpu.plot_runs(runs, tmp_path / "c.png", 0.55) == 0
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_selection_rule_is_the_most_agreeing_candidate():
+    import int8_select
+
+    rows = {"a": {"agreement": 0.991, "latency_ms": 10.0}, "b": {"agreement": 0.993, "latency_ms": 30.0},
+            "c": {"agreement": 0.985, "latency_ms": 5.0}}
+    assert int8_select.choose(rows) == "b"
+    assert set(int8_select.ORT_CANDIDATES) >= {"minmax", "percentile+head"}
+    from fcnseg.quantize import DEFAULT_CALIBRATE, DEFAULT_KEEP_FP32
+
+    # the export's defaults are the candidate the selection chose (benchmarks/int8_select_*.json)
+    assert int8_select.ORT_CANDIDATES["percentile+head"] == (DEFAULT_CALIBRATE, DEFAULT_KEEP_FP32)
+    for model in ("lite0", "small"):
+        record = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / f"int8_select_{model}.json").read_text())
+        ort = {k: v for k, v in record["rows"].items() if k in int8_select.ORT_CANDIDATES}
+        assert int8_select.choose(ort) == record["chosen_ort"] == "percentile+head"
