@@ -166,7 +166,8 @@ def quantize_onnx(fp32_bytes: bytes, calib: Sequence[Path | np.ndarray], *, cali
     """The QDQ int8 model of an fp32 fcnseg ONNX graph, calibrated on ``calib`` (image files, or
     normalised (1, 3, H, W) float32 arrays). ``keep_fp32``: parts left unquantised
     (:data:`KEEP_FP32_CHOICES`); ``calibrate``: how activation ranges are set
-    (:data:`CALIBRATION_METHODS`; ``percentile`` clips at that percentile of |x|)."""
+    (:data:`CALIBRATION_METHODS`; ``percentile`` clips each activation's range at its
+    ``100 - percentile`` and ``percentile`` percentiles, over the calibration images)."""
     q = require("onnxruntime.quantization", "int8 export (fcnseg export --int8)")
     onnx = require("onnx", "int8 export")
     if calibrate not in CALIBRATION_METHODS:
